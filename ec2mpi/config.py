@@ -1,0 +1,160 @@
+"""The cluster spec and the names derived from it: the one source of truth for both.
+
+Everything ec2mpi creates is named and tagged from here, so `destroy` can find it all
+and nothing else has to invent a name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+TAG_CLUSTER = "ec2mpi:cluster"   # on every resource: the sweep key for destroy
+TAG_ROLE = "ec2mpi:role"         # master | worker, on instances
+TAG_LAUNCH = "ec2mpi:launch"     # idempotency token of the launch that made an instance
+REGISTRY_TABLE = "ec2mpi-registry"
+CLUSTER_USER = "ec2mpi"
+SHARED_PATH = "/shared"
+NODE_PREFIX = "/opt/ec2mpi"      # node venv lives at NODE_PREFIX/venv on every node
+STORAGE_KINDS = ("efs", "s3fs", "none")
+DEFAULT_INSTANCE_TYPES = ("c6i.large", "c6a.large", "c5.large")
+DEFAULT_IMAGE_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+MAX_NODES = 1000
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+
+
+def validate_name(name: str) -> str:
+    """Cluster names end up in IAM, EC2 and S3 names: keep them short and plain."""
+    if not isinstance(name, str) or not name:
+        raise UserError("cluster name is empty", "give a name like 'demo' (a-z, 0-9, '-', at most 32 characters)")
+    if len(name) > 32:
+        raise UserError(f"cluster name {name!r} is too long ({len(name)} > 32 characters)", "use a shorter name")
+    if not _NAME_RE.match(name):
+        raise UserError(f"invalid cluster name {name!r}",
+                        "use lower-case letters, digits and '-', starting with a letter and not ending with '-'")
+    return name
+
+
+def parse_count(value, what: str = "node count") -> int:
+    """A positive whole number of nodes, from an int or the user's text."""
+    try:
+        n = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {value!r} is not a number", "give a whole number such as 4") from None
+    if n < 1:
+        raise UserError(f"{what} must be at least 1 (got {n})", "give a whole number such as 4")
+    if n > MAX_NODES:
+        raise UserError(f"{what} {n} is more than {MAX_NODES}", "split the work over several clusters")
+    return n
+
+
+def parse_instance_types(value) -> tuple[str, ...]:
+    """'c6i.large,c5.large' or a list -> a tuple of syntactically valid type names."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    types = tuple(t.strip() for t in items if t and t.strip())
+    if not types:
+        raise UserError("no instance type given", "give one or more, e.g. --instance-type c6i.large,c5.large")
+    for t in types:
+        if not _TYPE_RE.match(t):
+            raise UserError(f"unknown instance type {t!r}", "use EC2 type names such as c6i.large")
+    return types
+
+
+def parse_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise UserError(f"invalid --ssh-cidr {value!r}", "give your address as a CIDR, e.g. 203.0.113.7/32") from None
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What the user asked for. Stored (as JSON) in the registry's cluster item."""
+
+    name: str
+    nodes: int = 2
+    instance_types: tuple[str, ...] = DEFAULT_INSTANCE_TYPES
+    spot: bool = True
+    storage: str = "efs"
+    region: str | None = None
+    ssh_cidr: str | None = None
+    image_id: str | None = None
+    placement_group: bool = False
+    subnet_ids: tuple[str, ...] = ()
+    shared_path: str = SHARED_PATH
+    user: str = CLUSTER_USER
+
+    def __post_init__(self):
+        validate_name(self.name)
+        object.__setattr__(self, "nodes", parse_count(self.nodes))
+        object.__setattr__(self, "instance_types", parse_instance_types(self.instance_types))
+        object.__setattr__(self, "subnet_ids", tuple(self.subnet_ids or ()))
+        if self.storage not in STORAGE_KINDS:
+            raise UserError(f"unknown storage {self.storage!r}", f"choose one of {', '.join(STORAGE_KINDS)}")
+        if self.ssh_cidr:
+            object.__setattr__(self, "ssh_cidr", parse_cidr(self.ssh_cidr))
+        if not self.shared_path.startswith("/"):
+            raise UserError(f"shared path {self.shared_path!r} is not absolute", "use e.g. /shared")
+
+    @classmethod
+    def from_mapping(cls, data: dict) -> "ClusterSpec":
+        """Build from a template or the registry; unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown cluster setting(s): {', '.join(unknown)}",
+                            f"known settings: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClusterSpec":
+        return cls.from_mapping(json.loads(text))
+
+    def replace(self, **changes) -> "ClusterSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ResourceNames:
+    """Every per-cluster AWS name, derived from the cluster name alone."""
+
+    cluster: str
+    security_group: str = field(init=False)
+    launch_template: str = field(init=False)
+    role: str = field(init=False)
+    instance_profile: str = field(init=False)
+    placement_group: str = field(init=False)
+    efs_token: str = field(init=False)
+    key_prefix: str = field(init=False)
+
+    def __post_init__(self):
+        base = f"ec2mpi-{self.cluster}"
+        for attr, value in {
+            "security_group": base,
+            "launch_template": base,
+            "role": f"{base}-node",
+            "instance_profile": f"{base}-node",
+            "placement_group": base,
+            "efs_token": base,
+            "key_prefix": f"clusters/{self.cluster}/",
+        }.items():
+            object.__setattr__(self, attr, value)
+
+
+def bucket_name(account_id: str, region: str) -> str:
+    """One private key-store bucket per account and region."""
+    return f"ec2mpi-{account_id}-{region}"
+
+
+def cluster_tags(name: str, **extra: str) -> list[dict]:
+    tags = {TAG_CLUSTER: name, **extra}
+    return [{"Key": k, "Value": v} for k, v in tags.items()]

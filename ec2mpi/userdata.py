@@ -1,0 +1,34 @@
+"""Render the user-data stub from bootstrap/. It carries only non-secret parameters."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent / "bootstrap" / "userdata.sh.tmpl"
+MAX_BYTES = 16 * 1024  # EC2's limit on raw user-data
+
+
+@dataclass(frozen=True)
+class UserDataParams:
+    cluster: str
+    region: str
+    bucket: str
+    table: str
+    version: str          # the client's ec2mpi version, installed on the node
+    wheel_key: str        # S3 key of the client's own ec2mpi wheel, under clusters/NAME/
+    storage: str          # efs | s3fs | none
+    storage_id: str       # EFS file-system id, or "" ; for s3fs the bucket prefix is derived
+    shared_path: str
+    user: str
+    prefix: str           # node install prefix, e.g. /opt/ec2mpi
+
+
+def render(params: UserDataParams) -> str:
+    """Substitute @NAME@ placeholders with shell-quoted values."""
+    text = TEMPLATE.read_text()
+    for key, value in asdict(params).items():
+        text = text.replace(f"@{key.upper()}@", shlex.quote(str(value)))
+    if len(text.encode()) > MAX_BYTES:
+        raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {MAX_BYTES}")
+    return text

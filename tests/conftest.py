@@ -1,0 +1,70 @@
+"""Test session set-up: the control plane is moto's server over HTTP(S), never in-process mocks.
+
+Before anything imports boto3, the whole session is pinned to dummy credentials, no
+metadata service and explicit endpoints, so nothing can reach a real account or
+169.254.*.
+"""
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+_SAFE_ENV = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+def pytest_configure(config):
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        os.environ.pop(var, None)
+    os.environ.update(_SAFE_ENV)
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory):
+    """One moto server process for the session, with its endpoint exported to every client."""
+    from ec2mpi.localcloud.controlplane import start
+    cp = start(tmp_path_factory.mktemp("controlplane"))
+    os.environ["AWS_ENDPOINT_URL"] = cp.endpoint
+    if cp.ca_path:
+        os.environ["AWS_CA_BUNDLE"] = cp.ca_path
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+def aws(controlplane):
+    """A fresh AwsSession against the control plane."""
+    from ec2mpi.aws.session import AwsSession
+    return AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+
+
+@pytest.fixture
+def cluster_name():
+    """A unique cluster name per test: the moto server is shared across the session."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def have_root_namespaces() -> str:
+    """Empty string if namespace tests can run here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "needs root (network/UTS/mount namespaces, veths and sshd per node)"
+    for tool in ("ip", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"needs '{tool}' (apt-get install iproute2 util-linux)"
+    if not os.path.exists("/usr/sbin/sshd"):
+        return "needs sshd (apt-get install openssh-server)"
+    probe = subprocess.run(["unshare", "--net", "--uts", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.decode().strip()}"
+    return ""
