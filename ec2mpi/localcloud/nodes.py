@@ -1,0 +1,207 @@
+"""Local cloud machines: one node per running instance, each its own little Linux host.
+
+A node is a network + UTS + mount namespace: its own address on the private bridge
+(equal to the instance's PrivateIpAddress in moto), its own hostname, private copies of
+the few directories a real node keeps to itself, and its own sshd. Then it runs the
+instance's real user-data as root, exactly as cloud-init would on EC2.
+
+Nodes have no default route: they reach the bridge gateway (control plane, IMDS) and
+each other, nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+BRIDGE = "ec2mpi0"
+GATEWAY = "172.31.0.1"
+SUBNET = "172.31.0.0/16"      # moto's default VPC: instance IPs come from its subnets
+PREFIXLEN = 16
+NETNS_PREFIX = "ec2mpi-"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+# Directories each node keeps to itself (name under the node dir -> path on the node).
+PRIVATE_DIRS = {
+    "etc": "/etc/ec2mpi", "log": "/var/log/ec2mpi", "lib": "/var/lib/ec2mpi",
+    "run": "/run/ec2mpi", "home": "/home", "tmp": "/tmp",
+}
+
+SSHD_CONFIG = """\
+# The node's sshd. The agent adds the cluster host key through the Include.
+Include /etc/ec2mpi/sshd_config
+ListenAddress {ip}
+HostKey {node_dir}/ssh_host_ecdsa_key
+PidFile /run/ec2mpi/sshd.pid
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UsePAM no
+PrintMotd no
+MaxStartups 200:30:400
+MaxSessions 64
+Subsystem sftp internal-sftp
+"""
+
+
+def run(*cmd: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def ensure_bridge() -> None:
+    """The private bridge with the gateway address, and the mount points nodes need."""
+    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        run("ip", "addr", "add", f"{GATEWAY}/{PREFIXLEN}", "dev", BRIDGE)
+    run("ip", "link", "set", BRIDGE, "up")
+    for path in list(PRIVATE_DIRS.values()) + ["/run/sshd"]:
+        os.makedirs(path, exist_ok=True)
+
+
+def delete_bridge() -> None:
+    run("ip", "link", "del", BRIDGE, check=False)
+
+
+def netns_name(instance_id: str) -> str:
+    return NETNS_PREFIX + instance_id
+
+
+def list_netns() -> list[str]:
+    """Instance ids of every local-cloud namespace on this machine (also stale ones)."""
+    out = run("ip", "netns", "list", check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n[len(NETNS_PREFIX):] for n in names if n.startswith(NETNS_PREFIX)]
+
+
+def hostname_for(ip: str) -> str:
+    """EC2's private DNS style: ip-172-31-0-4."""
+    return "ip-" + ip.replace(".", "-")
+
+
+class Node:
+    """One running instance as a namespace node. `anchor` holds the namespaces open."""
+
+    def __init__(self, root: Path, instance_id: str, ip: str):
+        self.instance_id, self.ip = instance_id, ip
+        self.hostname = hostname_for(ip)
+        self.dir = Path(root) / instance_id
+        self.netns = netns_name(instance_id)
+        self.veth = "e2m" + hashlib.sha1(instance_id.encode()).hexdigest()[:10]
+        self.anchor: subprocess.Popen | None = None
+
+    # -- life ---------------------------------------------------------------
+    def start(self, user_data: bytes, env: dict[str, str], ca_bundle: str | None = None) -> None:
+        """Create the node and start its sshd and user-data (in the background)."""
+        destroy(self.instance_id, self.dir.parent)  # a stale node of the same id never half-survives
+        self._prepare_dirs(user_data, ca_bundle)
+        self._network()
+        self._spawn_anchor()
+        self.nsenter("/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log"))
+        console = open(self.dir / "console.log", "ab")
+        base_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME": "/root", "LANG": "C.UTF-8"}
+        subprocess.Popen(self._enter_cmd() + ["env", "-i", *[f"{k}={v}" for k, v in {**base_env, **env}.items()],
+                                              "/bin/bash", str(self.dir / "user-data")],
+                         stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+
+    def _prepare_dirs(self, user_data: bytes, ca_bundle: str | None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in PRIVATE_DIRS:
+            (self.dir / name).mkdir(exist_ok=True)
+        os.chmod(self.dir / "tmp", 0o1777)
+        (self.dir / "user-data").write_bytes(user_data)
+        key = self.dir / "ssh_host_ecdsa_key"
+        if not key.exists():
+            run("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key))
+        (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(ip=self.ip, node_dir=self.dir))
+        if ca_bundle:  # the node trusts the local cloud's CA system-wide (s3fs/libcurl read only this)
+            system = Path(SYSTEM_CA_BUNDLE).read_bytes() if Path(SYSTEM_CA_BUNDLE).exists() else b""
+            (self.dir / "ca-certificates.crt").write_bytes(system + b"\n" + Path(ca_bundle).read_bytes())
+
+    def _network(self) -> None:
+        run("ip", "netns", "add", self.netns)
+        run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        run("ip", "link", "set", self.veth, "master", BRIDGE, "up")
+        run("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{PREFIXLEN}", "dev", "eth0")
+        run("ip", "-n", self.netns, "link", "set", "eth0", "up")
+        run("ip", "-n", self.netns, "link", "set", "lo", "up")
+
+    def _spawn_anchor(self) -> None:
+        binds = [f"mount --bind {self.dir / name} {path}" for name, path in PRIVATE_DIRS.items()]
+        if (self.dir / "ca-certificates.crt").exists():
+            binds.append(f"mount --bind {self.dir / 'ca-certificates.crt'} {SYSTEM_CA_BUNDLE}")
+        ready = self.dir / "anchor.ready"
+        ready.unlink(missing_ok=True)
+        script = " && ".join([f"hostname {self.hostname}", *binds, f"touch {ready}", "exec sleep infinity"])
+        self.anchor = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--propagation", "private",
+             "--", "/bin/sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / "anchor.log", "ab"),
+            start_new_session=True)
+        (self.dir / "anchor.pid").write_text(str(self.anchor.pid))
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if self.anchor.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.instance_id} failed to start: "
+                                   f"{(self.dir / 'anchor.log').read_text()[-500:]}")
+            time.sleep(0.01)
+
+    def anchor_pid(self) -> int | None:
+        try:
+            return int((self.dir / "anchor.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _enter_cmd(self) -> list[str]:
+        return ["nsenter", "-t", str(self.anchor_pid()), "-n", "-u", "-m", "--"]
+
+    def nsenter(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside the node (as root)."""
+        return run(*self._enter_cmd(), *cmd, check=check)
+
+    def stop(self, keep_dir: bool = False) -> None:
+        """Kill everything in the node, then drop its namespaces and files."""
+        destroy(self.instance_id, self.dir.parent, keep_dir=keep_dir)
+
+
+def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
+    """Tear a node down by id; safe on half-made or stale nodes."""
+    netns = netns_name(instance_id)
+    pids = set()
+    res = run("ip", "netns", "pids", netns, check=False)
+    pids.update(int(p) for p in res.stdout.split() if p.isdigit())
+    try:
+        pids.add(int((Path(root) / instance_id / "anchor.pid").read_text()))
+    except (OSError, ValueError):
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run("ip", "netns", "del", netns, check=False)  # the host veth goes with it
+    if not keep_dir:
+        shutil.rmtree(Path(root) / instance_id, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
