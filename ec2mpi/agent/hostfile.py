@@ -1,0 +1,67 @@
+"""MPI hostfiles from registry nodes: Open MPI (`IP slots=N`) and MPICH (`IP:N`).
+
+Master first (mpirun puts rank 0 there), ready nodes only (booting ones cannot take
+ranks yet, draining ones are about to vanish), written atomically so a concurrent
+mpirun never reads half a file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+OPENMPI_NAME = "hostfile"
+MPICH_NAME = "hostfile.mpich"
+
+
+def ordered(nodes) -> list:
+    """Ready nodes, master first, then by private IP (numerically) for a stable order."""
+    ready = [n for n in nodes if n.state == "ready"]
+
+    def key(n):
+        try:
+            ip = tuple(int(p) for p in n.private_ip.split("."))
+        except ValueError:
+            ip = (999,)
+        return (n.role != "master", ip, n.instance_id)
+    return sorted(ready, key=key)
+
+
+def render_openmpi(nodes) -> str:
+    return "".join(f"{n.private_ip} slots={int(n.slots)}\n" for n in ordered(nodes))
+
+
+def render_mpich(nodes) -> str:
+    return "".join(f"{n.private_ip}:{int(n.slots)}\n" for n in ordered(nodes))
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a sibling temp file, then rename over the target (atomic on one filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_hostfiles(nodes, directories) -> str:
+    """Write both formats into every directory; returns the Open MPI text. A directory
+    that cannot be written (shared storage gone) is skipped: /etc/ec2mpi is the one that counts."""
+    openmpi, mpich = render_openmpi(nodes), render_mpich(nodes)
+    for i, d in enumerate(directories):
+        try:
+            atomic_write(Path(d) / OPENMPI_NAME, openmpi)
+            atomic_write(Path(d) / MPICH_NAME, mpich)
+        except OSError:
+            if i == 0:
+                raise
+    return openmpi

@@ -1,0 +1,90 @@
+"""`ec2mpi-agent {boot,watch,hostfile,--version}`: the node-side entry point.
+
+Parameters come from /etc/ec2mpi/agent.json (written by the user-data stub); the
+environment variables of docs/internals.md (AWS_EC2_METADATA_SERVICE_ENDPOINT,
+AWS_ENDPOINT_URL, AWS_CA_BUNDLE, EC2MPI_*) adapt it to the local cloud.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .. import __version__
+
+
+def _setup_logging(paths) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    try:
+        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(paths.log_dir / "agent.log"))
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _boot(args, params, paths) -> int:
+    from .boot import boot
+    node = boot(params, paths, ssh_port=args.ssh_port)
+    print(f"{node.instance_id} {node.role} {node.private_ip} ready")
+    return 0
+
+
+def _watch(args, params, paths) -> int:
+    from ..aws.registry import Node, Registry
+    from .boot import session_for
+    from .imds import Imds
+    from .watch import Watcher
+    node = Node(**json.loads(paths.state.read_text()))
+    watcher = Watcher(params.cluster, node, Registry(session_for(params), table=params.table),
+                      paths.hostfile_dirs(params), Imds(), poll=args.poll)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    paths.run.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("ec2mpi.agent").info("watch %s as %s, poll %.1fs", node.instance_id, node.role, args.poll)
+    watcher.run(stop)
+    return 0
+
+
+def _hostfile(args, params, paths) -> int:
+    from ..aws.registry import Registry
+    from .boot import session_for
+    from .hostfile import write_hostfiles
+    nodes = Registry(session_for(params), table=params.table).nodes(params.cluster)
+    sys.stdout.write(write_hostfiles(nodes, paths.hostfile_dirs(params)))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ec2mpi-agent", description="ec2mpi node agent")
+    ap.add_argument("--version", action="version", version=__version__)
+    ap.add_argument("--root", default="/", help="filesystem root (tests)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("boot", help="configure this node and register it")
+    b.add_argument("--ssh-port", type=int, default=int(os.environ.get("EC2MPI_SSH_PORT", "22")))
+    w = sub.add_parser("watch", help="follow membership, spot notices and heartbeat")
+    w.add_argument("--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2")))
+    sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
+    args = ap.parse_args(argv)
+
+    from .boot import AgentParams, AgentPaths
+    paths = AgentPaths(Path(args.root))
+    _setup_logging(paths)
+    try:
+        params = AgentParams.load(paths.agent_json)
+        return {"boot": _boot, "watch": _watch, "hostfile": _hostfile}[args.command](args, params, paths)
+    except Exception as err:
+        logging.getLogger("ec2mpi.agent").exception("%s failed", args.command)
+        print(f"ec2mpi-agent {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
