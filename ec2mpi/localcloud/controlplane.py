@@ -5,17 +5,26 @@ CONTRACT: `start(state_dir, host)` returns a running ControlPlane whose `endpoin
 TLS-only bucket policy) serve the same moto backends. `python -m
 ec2mpi.localcloud.controlplane --host H --state-dir D` serves until SIGTERM and writes
 D/controlplane.json once ready.
-(First cut: plain HTTP only; TLS and fidelity patches come with the control-plane work.)
+
+TLS: a local CA (EC P-256 key + self-signed cert, `ca-key.pem` / `ca.pem` in the state
+dir) is created on first start and reused afterwards, so `ca.pem` stays valid for the
+life of the state dir. Each start issues a fresh server certificate from it (SANs: the
+bind IP, 127.0.0.1, ::1, localhost). Both listeners serve ONE moto WSGI app, wrapped by
+`fidelity.RequestContextMiddleware` (which tells bucket policies whether the request
+came over TLS); `fidelity.apply()` patches moto in this process only.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import ipaddress
 import json
 import os
 import signal
-import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +32,9 @@ from pathlib import Path
 
 @dataclass
 class ControlPlaneInfo:
-    endpoint: str        # the endpoint clients use (HTTPS once TLS lands)
+    endpoint: str        # the endpoint clients use: HTTPS, verified with ca_path
     http_endpoint: str   # plain HTTP, same backends
-    ca_path: str | None  # CA bundle that verifies `endpoint`, or None for plain HTTP
+    ca_path: str | None  # PEM CA bundle that verifies `endpoint`
     pid: int
 
 
@@ -54,10 +63,96 @@ class ControlPlane:
                 self.proc.kill()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
+SERVER_CERT, SERVER_KEY = "server.pem", "server-key.pem"
+# Services every --local run touches: their moto apps are built in the background once the
+# control plane is up, so that the first EC2 call does not pay ~1.5 s of imports.
+WARM_SERVICES = ("s3", "dynamodb", "sts", "iam", "ssm", "efs", "ec2")  # cheap ones first
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def ensure_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
+    """(ca.pem, server.pem, server-key.pem) under state_dir: the CA is created once and
+    reused; the server certificate is issued afresh for `host` (cheap: EC P-256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert_path, ca_key_path = state_dir / CA_CERT, state_dir / CA_KEY
+    now = datetime.datetime.now(datetime.timezone.utc)
+    pem = serialization.Encoding.PEM
+    ca_key = ca_cert = None
+    if ca_cert_path.exists() and ca_key_path.exists():
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        if (ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers()
+                or ca_cert.not_valid_after_utc < now + datetime.timedelta(days=30)):
+            ca_key = ca_cert = None  # torn write or about to expire: start a new CA
+    if ca_cert is None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ec2mpi local cloud"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, f"ec2mpi local CA {now:%Y%m%d%H%M%S}")])
+        ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+        ca_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False,
+                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                                encipher_only=False, decipher_only=False), critical=True)
+                   .add_extension(ski, critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+        _write_atomic(ca_key_path, ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()), 0o600)
+        _write_atomic(ca_cert_path, ca_cert.public_bytes(pem))
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ips = {ipaddress.ip_address(h) for h in (host, "127.0.0.1", "::1") if _is_ip(h)}
+    san = [x509.DNSName("localhost")] + [x509.IPAddress(ip) for ip in sorted(ips, key=str)]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=397))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = state_dir / SERVER_CERT, state_dir / SERVER_KEY
+    _write_atomic(key_path, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()), 0o600)
+    _write_atomic(cert_path, cert.public_bytes(pem) + ca_cert.public_bytes(pem))  # full chain
+    return ca_cert_path, cert_path, key_path
+
+
+def _is_ip(h: str) -> bool:
+    try:
+        ipaddress.ip_address(h)
+        return True
+    except ValueError:
+        return False
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0) -> ControlPlane:
@@ -81,18 +176,76 @@ def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float 
 
 
 def serve(host: str, state_dir: Path) -> None:
-    from moto.server import ThreadedMotoServer
-    port = _free_port(host)
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
-    url = f"http://{host}:{port}"
-    info = ControlPlaneInfo(endpoint=url, http_endpoint=url, ca_path=None, pid=os.getpid())
-    tmp = state_dir / "controlplane.json.tmp"
-    tmp.write_text(json.dumps(asdict(info)))
-    tmp.rename(state_dir / "controlplane.json")
-    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
-    while True:
-        time.sleep(3600)
+    import logging
+
+    from werkzeug.serving import make_server
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from ec2mpi.localcloud import fidelity
+
+    if not os.environ.get("EC2MPI_CONTROLPLANE_ACCESS_LOG"):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    fidelity.apply()
+    ca_path, cert_path, key_path = ensure_tls(state_dir, host)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_path, key_path)
+
+    dispatcher = DomainDispatcherApplication(create_backend_app)  # ONE app: same backends
+    https = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=True), threaded=True)
+    http = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=False), threaded=True)
+    # TLS is set up per connection in the request's own thread (not in accept(), where
+    # werkzeug would do it): a client that connects and stalls cannot block the listener.
+    https.ssl_context = ctx  # werkzeug then reports wsgi.url_scheme=https and handles SSL errors
+
+    def accept_tls():
+        sock, addr = https.socket.accept()
+        return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def finish_tls(request, client_address):  # runs in the connection's own thread
+        try:
+            request.settimeout(30)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError):  # plain HTTP on the TLS port, client rejects our CA, ...
+            return
+        finish_request(request, client_address)
+
+    finish_request = https.finish_request
+    https.get_request, https.finish_request = accept_tls, finish_tls
+    threads = [threading.Thread(target=srv.serve_forever, name=name, daemon=True)
+               for srv, name in ((https, "https"), (http, "http"))]
+    for t in threads:
+        t.start()
+
+    info = ControlPlaneInfo(endpoint=_url("https", host, https.server_port),
+                            http_endpoint=_url("http", host, http.server_port),
+                            ca_path=str(ca_path.resolve()), pid=os.getpid())
+    _write_atomic(state_dir / "controlplane.json", json.dumps(asdict(info)).encode())
+
+    def warm_up():
+        for service in WARM_SERVICES:
+            try:
+                app = create_backend_app(service)
+            except Exception:  # noqa: BLE001 - warm-up is an optimisation only
+                continue
+            with dispatcher.lock:
+                dispatcher.app_instances.setdefault(service, app)
+
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    for srv in (https, http):
+        srv.shutdown()
+    try:  # leave no stale endpoint behind, unless a newer control plane already wrote its own
+        if json.loads((state_dir / "controlplane.json").read_text()).get("pid") == os.getpid():
+            (state_dir / "controlplane.json").unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv=None) -> None:
