@@ -1,12 +1,41 @@
-"""The local cloud daemon and its lifecycle: `ensure_up`, `down`, `status`, faults.
+"""The local cloud: a real ec2mpi cluster on one Linux machine, and its lifecycle.
 
-CONTRACT (used by the CLI): `ensure_up()` starts the local cloud if needed (root
-required) and returns LocalCloudInfo; `session(info)` gives the AwsSession that talks
-to it with dummy credentials. Implementation in progress.
+One daemon process owns it all: moto's server (the AWS control plane, over TLS) and the
+instance-metadata emulator, both on the private bridge's gateway, and the node runner
+that turns every instance moto reports as running into a namespace node (nodes.py) and
+tears it down when the instance goes. Its state lives in one directory; `ensure_up()`
+starts it on the first --local command, `down()` stops it, and a stale state (after a
+crash or reboot) is cleaned before anything reuses it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import base64
+import datetime as dt
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import CloudError, UserError
+from . import nodes
+
+REGION = "us-east-1"
+DEFAULT_STATE = "/var/lib/ec2mpi-local"
+POLL = 0.25            # how often the node runner looks at moto's instances (s)
+TERM_GRACE = 3.0       # SIGTERM -> SIGKILL on instance termination, like a shutdown
+log = logging.getLogger("ec2mpi.localcloud")
 
 
 @dataclass
@@ -17,19 +46,110 @@ class LocalCloudInfo:
     ssh_cidr: str         # the bridge subnet: the "user's own address" for the security group
     state_dir: str
     pid: int
+    imds: str = ""        # http://GATEWAY:PORT/ (the metadata emulator)
+    started: float = 0.0
+
+
+def state_dir() -> Path:
+    path = Path(os.environ.get("EC2MPI_LOCAL_STATE", DEFAULT_STATE)).resolve()
+    for private in nodes.PRIVATE_DIRS.values():  # nodes bind their own copies over these
+        if path == Path(private) or Path(private) in path.parents:
+            raise UserError(f"local cloud state dir {path} is inside {private}, which nodes hide",
+                            f"set EC2MPI_LOCAL_STATE elsewhere (default {DEFAULT_STATE})")
+    return path
+
+
+# --------------------------------------------------------------------------- client side
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("the local cloud needs root (it creates network namespaces, a bridge and one sshd per node)",
+                        "run with sudo, or use a real AWS account without --local")
+    for tool in ("ip", "unshare", "nsenter", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            raise UserError(f"the local cloud needs '{tool}'", "apt-get install iproute2 util-linux openssh-client")
+    if not os.path.exists("/usr/sbin/sshd"):
+        raise UserError("the local cloud needs sshd for its nodes", "apt-get install openssh-server")
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _read_info(state: Path) -> LocalCloudInfo | None:
+    try:
+        return LocalCloudInfo(**json.loads((state / "daemon.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _daemon_alive(pid: int) -> bool:
+    try:
+        return b"ec2mpi.localcloud.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def ensure_up(progress=None) -> LocalCloudInfo:
-    raise NotImplementedError
+    """Start the local cloud unless it already runs; return how to reach it."""
+    progress = progress or (lambda msg: None)
+    require_root()
+    state = state_dir()
+    with _lock(state / "lock"):
+        info = _read_info(state)
+        if info and _daemon_alive(info.pid):
+            return info
+        if info or nodes.list_netns() or (state / "nodes").exists():
+            progress("cleaning a stale local cloud (left by a crash or a reboot)")
+            cleanup(state)
+        from .image import ensure_image
+        ensure_image(progress, work_dir=state)
+        progress("starting the local cloud (moto control plane, metadata service, node runner)")
+        state.mkdir(parents=True, exist_ok=True)
+        logf = open(state / "daemon.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.localcloud.server", "--state-dir", str(state)],
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = _read_info(state)
+            if info and info.pid == proc.pid:
+                return info
+            if proc.poll() is not None:
+                raise CloudError(f"the local cloud failed to start (exit {proc.returncode})",
+                                 f"see {state / 'daemon.log'}")
+            time.sleep(0.05)
+        proc.kill()
+        raise CloudError("the local cloud did not start within 60 s", f"see {state / 'daemon.log'}")
 
 
 def status() -> dict | None:
-    """None when the local cloud is down; else a dict (pid, endpoint, nodes, uptime, ...)."""
-    raise NotImplementedError
+    """None when the local cloud is down; else what runs and where."""
+    state = state_dir()
+    info = _read_info(state)
+    if not info or not _daemon_alive(info.pid):
+        return None
+    node_ids = sorted(nodes.list_netns())
+    return {**asdict(info), "nodes": node_ids, "uptime": round(time.time() - info.started, 1)}
 
 
-def down() -> None:
-    raise NotImplementedError
+def down(timeout: float = 60.0) -> bool:
+    """Stop the daemon (which tears down every node) and clean the state. True if it was up."""
+    require_root()
+    state = state_dir()
+    with _lock(state / "lock"):
+        info = _read_info(state)
+        was_up = bool(info and _daemon_alive(info.pid))
+        if was_up:
+            os.kill(info.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _daemon_alive(info.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        cleanup(state)
+        return was_up
 
 
 def session(info: LocalCloudInfo):
@@ -38,11 +158,276 @@ def session(info: LocalCloudInfo):
                       credentials={"aws_access_key_id": "local", "aws_secret_access_key": "local"})
 
 
+def _request_fault(kind: str, instance_id: str, timeout: float = 10.0, **args) -> None:
+    info = ensure_up()
+    faults = Path(info.state_dir) / "faults"
+    faults.mkdir(exist_ok=True)
+    req = faults / f"{instance_id}.json"
+    req.write_text(json.dumps({"kind": kind, **args}))
+    deadline = time.monotonic() + timeout
+    while req.exists():
+        if time.monotonic() > deadline:
+            raise CloudError(f"the local cloud did not act on '{kind} {instance_id}'",
+                             f"see {Path(info.state_dir) / 'daemon.log'}")
+        time.sleep(0.05)
+    result = faults / f"{instance_id}.result"
+    if result.exists():
+        message = result.read_text()
+        result.unlink()
+        if message:
+            raise UserError(message, "see 'ec2mpi --local status' for the instance ids")
+
+
 def interrupt(instance_id: str, grace: float = 10.0) -> None:
     """Serve a spot interruption notice to the node, terminate it after `grace` seconds."""
-    raise NotImplementedError
+    _request_fault("interrupt", instance_id, grace=grace)
 
 
 def kill(instance_id: str) -> None:
-    """Remove the node abruptly (no notice, no deregistration)."""
-    raise NotImplementedError
+    """Remove the node abruptly (no notice, no shutdown): its instance is terminated under it."""
+    _request_fault("kill", instance_id)
+
+
+def cleanup(state: Path) -> None:
+    """Remove everything a local cloud (live or stale) left: nodes, control plane, bridge."""
+    for iid in nodes.list_netns():
+        nodes.destroy(iid, state / "nodes")
+    cp_info = state / "controlplane" / "controlplane.json"
+    try:
+        pid = json.loads(cp_info.read_text())["pid"]
+        if b"ec2mpi.localcloud.controlplane" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+    nodes.delete_bridge()
+    for name in ("nodes", "efs", "faults"):
+        shutil.rmtree(state / name, ignore_errors=True)
+    for name in ("daemon.json", "controlplane/controlplane.json"):
+        (state / name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the daemon
+MOUNT_HOOK = """#!/usr/bin/python3
+# ec2mpi local cloud: shared storage for a node, run by the agent as HOOK KIND ID PATH.
+# EFS is emulated by one host directory per file system (this kernel has no NFS);
+# s3fs is real s3fs-fuse against the control plane's S3, over TLS.
+import json, os, pwd, subprocess, sys
+kind, storage_id, path = sys.argv[1:4]
+cfg = json.load(open("/etc/ec2mpi/agent.json"))
+user = pwd.getpwnam(cfg.get("user", "ec2mpi"))
+os.makedirs(path, exist_ok=True)
+if kind == "efs":
+    src = os.path.join({efs_root!r}, storage_id)
+    os.makedirs(src, exist_ok=True)
+    os.chown(src, user.pw_uid, user.pw_gid)
+    subprocess.run(["mount", "--bind", src, path], check=True)
+elif kind == "s3fs":
+    remote = "%s:/clusters/%s/shared" % (cfg["bucket"], cfg["cluster"])
+    subprocess.run(["s3fs", remote, path, "-o", ",".join([
+        "url=" + {endpoint!r}, "use_path_request_style", "passwd_file=" + {passwd!r},
+        "allow_other", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
+        "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True)
+else:
+    sys.exit("unknown storage kind " + kind)
+"""
+
+
+class Daemon:
+    """Control plane + IMDS + node runner, until SIGTERM."""
+
+    def __init__(self, state: Path):
+        self.state = state
+        self.nodes_root = state / "nodes"
+        self.views: dict[str, object] = {}        # private ip -> InstanceView (for the IMDS)
+        self.running: dict[str, nodes.Node] = {}  # instance id -> node
+        self.failed: set[str] = set()
+        self.due_terminations: dict[str, float] = {}
+        self.roles: dict[str, str] = {}
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node")
+
+    def run(self) -> None:
+        from .controlplane import start as start_controlplane
+        from .imds import ImdsServer
+        nodes.ensure_bridge()
+        self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY)
+        self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
+        info = LocalCloudInfo(endpoint=self.cp.endpoint, ca_path=self.cp.ca_path, region=REGION,
+                              ssh_cidr=nodes.SUBNET, state_dir=str(self.state), pid=os.getpid(),
+                              imds=self.imds.url, started=time.time())
+        self.aws = session(info)
+        self.ec2 = self.aws.client("ec2")
+        self._write_hook(info)
+        self.node_env = {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url,
+            "AWS_ENDPOINT_URL": self.cp.endpoint,
+            "AWS_CA_BUNDLE": self.cp.ca_path or "",
+            "AWS_DEFAULT_REGION": REGION,
+            "EC2MPI_MOUNT_HOOK": str(self.state / "mount-hook"),
+            "EC2MPI_SSHD_PIDFILE": "/run/ec2mpi/sshd.pid",
+            "EC2MPI_LOCAL": "1",
+        }
+        tmp = self.state / "daemon.json.tmp"
+        tmp.write_text(json.dumps(asdict(info)))
+        tmp.rename(self.state / "daemon.json")
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info("local cloud up: %s", info)
+        last_gc = 0.0
+        while not self.stopping.is_set():
+            try:
+                self.reconcile()
+                self.handle_faults()
+                if time.monotonic() - last_gc > 5:
+                    self.gc_storage()
+                    last_gc = time.monotonic()
+            except Exception:  # the daemon must outlive a bad poll
+                log.exception("reconcile failed")
+            self.stopping.wait(POLL)
+        self.shutdown()
+
+    def _write_hook(self, info: LocalCloudInfo) -> None:
+        passwd = self.state / "s3fs-passwd"
+        passwd.write_text("local:local\n")   # dummy credentials: the local control plane only
+        passwd.chmod(0o600)
+        hook = self.state / "mount-hook"
+        hook.write_text(MOUNT_HOOK.format(efs_root=str(self.state / "efs"), endpoint=info.endpoint,
+                                          passwd=str(passwd)))
+        hook.chmod(0o755)
+
+    # -- the node runner --------------------------------------------------------
+    def instances(self) -> list[dict]:
+        out = []
+        for page in self.ec2.get_paginator("describe_instances").paginate():
+            for res in page["Reservations"]:
+                out += res["Instances"]
+        return out
+
+    def reconcile(self) -> None:
+        subnet = ipaddress.ip_network(nodes.SUBNET)
+        live = {}
+        for inst in self.instances():
+            ip = inst.get("PrivateIpAddress")
+            if inst["State"]["Name"] in ("pending", "running") and ip and ipaddress.ip_address(ip) in subnet:
+                live[inst["InstanceId"]] = inst
+        for iid, inst in live.items():
+            if iid not in self.running and iid not in self.failed:
+                self.start_node(inst)
+        for iid in [i for i in self.running if i not in live]:
+            self.stop_node(iid, graceful=True)
+        now = time.monotonic()
+        due = [i for i, t in self.due_terminations.items() if t <= now]
+        if due:
+            self.ec2.terminate_instances(InstanceIds=due)
+            for iid in due:
+                self.due_terminations.pop(iid)
+
+    def start_node(self, inst: dict) -> None:
+        from .imds import InstanceView
+        iid, ip = inst["InstanceId"], inst["PrivateIpAddress"]
+        attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        user_data = base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
+        node = nodes.Node(self.nodes_root, iid, ip)
+        self.views[ip] = InstanceView(
+            instance_id=iid, private_ip=ip, instance_type=inst.get("InstanceType", ""),
+            lifecycle="spot" if inst.get("InstanceLifecycle") == "spot" else "on-demand",
+            availability_zone=inst.get("Placement", {}).get("AvailabilityZone", REGION + "a"),
+            region=REGION, hostname=node.hostname, role=self.role_of(inst), image_id=inst.get("ImageId", ""),
+            tags={t["Key"]: t["Value"] for t in inst.get("Tags", [])}, user_data=user_data)
+        self.running[iid] = node
+        log.info("starting node %s at %s", iid, ip)
+        self.pool.submit(self._start, node, user_data)
+
+    def _start(self, node: nodes.Node, user_data: bytes) -> None:
+        try:
+            node.start(user_data, self.node_env, ca_bundle=self.cp.ca_path)
+        except Exception:
+            log.exception("node %s failed to start", node.instance_id)
+            self.failed.add(node.instance_id)
+
+    def role_of(self, inst: dict) -> str:
+        arn = inst.get("IamInstanceProfile", {}).get("Arn", "")
+        if not arn:
+            return ""
+        profile = arn.rsplit("/", 1)[-1]
+        if profile not in self.roles:
+            try:
+                roles = self.aws.client("iam").get_instance_profile(InstanceProfileName=profile)
+                self.roles[profile] = roles["InstanceProfile"]["Roles"][0]["RoleName"]
+            except Exception:
+                self.roles[profile] = profile
+        return self.roles[profile]
+
+    def stop_node(self, iid: str, graceful: bool) -> None:
+        node = self.running.pop(iid)
+        self.imds.clear(iid)
+        self.views.pop(node.ip, None)
+        log.info("stopping node %s (%s)", iid, "shutdown" if graceful else "killed")
+        if graceful:  # like an EC2 shutdown: services get SIGTERM first (the agent deregisters)
+            pids = nodes.run("ip", "netns", "pids", node.netns, check=False).stdout.split()
+            anchor = node.anchor_pid()
+            for pid in pids:
+                if pid.isdigit() and int(pid) != anchor:
+                    try:
+                        os.kill(int(pid), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(min(TERM_GRACE, 0.5 if not pids else TERM_GRACE))
+        node.stop()
+
+    # -- faults -----------------------------------------------------------------
+    def handle_faults(self) -> None:
+        faults = self.state / "faults"
+        for req in sorted(faults.glob("*.json")) if faults.exists() else []:
+            iid = req.stem
+            try:
+                fault = json.loads(req.read_text())
+            except ValueError:
+                continue
+            error = ""
+            if iid not in self.running:
+                error = f"no running local instance {iid}"
+            elif fault["kind"] == "interrupt":
+                grace = float(fault.get("grace", 10.0))
+                at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=grace)
+                self.imds.inject_interruption(iid, "terminate", at)
+                self.due_terminations[iid] = time.monotonic() + grace
+                log.info("spot interruption for %s in %.0f s", iid, grace)
+            elif fault["kind"] == "kill":
+                self.failed.add(iid)      # never restarted
+                self.stop_node(iid, graceful=False)
+                self.ec2.terminate_instances(InstanceIds=[iid])
+            (faults / f"{iid}.result").write_text(error)
+            req.unlink()
+
+    def gc_storage(self) -> None:
+        """Drop emulated EFS directories whose file system no longer exists."""
+        root = self.state / "efs"
+        if not root.exists():
+            return
+        alive = {fs["FileSystemId"] for fs in self.aws.client("efs").describe_file_systems()["FileSystems"]}
+        for path in root.iterdir():
+            if path.name not in alive:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        for iid in list(self.running):
+            self.stop_node(iid, graceful=False)
+        self.pool.shutdown(wait=True)
+        self.imds.stop()
+        self.cp.stop()
+        nodes.delete_bridge()
+        (self.state / "daemon.json").unlink(missing_ok=True)
+        log.info("local cloud down")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="the ec2mpi local cloud daemon (started by ensure_up)")
+    ap.add_argument("--state-dir", type=Path, required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Daemon(args.state_dir).run()
+
+
+if __name__ == "__main__":
+    main()
