@@ -243,6 +243,7 @@ class Daemon:
         self.failed: set[str] = set()
         self.due_terminations: dict[str, float] = {}
         self.roles: dict[str, str] = {}
+        self.releasing: set[str] = set()          # addresses of nodes being torn down
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node")
 
@@ -339,6 +340,9 @@ class Daemon:
         self.pool.submit(self._start, node, user_data)
 
     def _start(self, node: nodes.Node, user_data: bytes) -> None:
+        deadline = time.monotonic() + 2 * TERM_GRACE
+        while node.ip in self.releasing and time.monotonic() < deadline:
+            time.sleep(0.05)  # moto recycles addresses: let the old node give it up first
         try:
             node.start(user_data, self.node_env, ca_bundle=self.cp.ca_path)
         except Exception:
@@ -362,18 +366,30 @@ class Daemon:
         node = self.running.pop(iid)
         self.imds.clear(iid)
         self.views.pop(node.ip, None)
+        self.releasing.add(node.ip)
         log.info("stopping node %s (%s)", iid, "shutdown" if graceful else "killed")
-        if graceful:  # like an EC2 shutdown: services get SIGTERM first (the agent deregisters)
-            pids = nodes.run("ip", "netns", "pids", node.netns, check=False).stdout.split()
-            anchor = node.anchor_pid()
-            for pid in pids:
-                if pid.isdigit() and int(pid) != anchor:
+        if graceful:
+            self.pool.submit(self._stop, node, True)
+        else:
+            self._stop(node, False)
+
+    def _stop(self, node: nodes.Node, graceful: bool) -> None:
+        try:
+            if graceful:  # like an EC2 shutdown: services get SIGTERM first (the agent deregisters)
+                anchor = node.anchor_pid()
+                pids = [int(p) for p in nodes.run("ip", "netns", "pids", node.netns, check=False).stdout.split()
+                        if p.isdigit() and int(p) != anchor]
+                for pid in pids:
                     try:
-                        os.kill(int(pid), signal.SIGTERM)
+                        os.kill(pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
-            time.sleep(min(TERM_GRACE, 0.5 if not pids else TERM_GRACE))
-        node.stop()
+                deadline = time.monotonic() + TERM_GRACE
+                while any(nodes._alive(p) for p in pids) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            node.stop()
+        finally:
+            self.releasing.discard(node.ip)
 
     # -- faults -----------------------------------------------------------------
     def handle_faults(self) -> None:
@@ -411,9 +427,9 @@ class Daemon:
                 shutil.rmtree(path, ignore_errors=True)
 
     def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
         for iid in list(self.running):
             self.stop_node(iid, graceful=False)
-        self.pool.shutdown(wait=True)
         self.imds.stop()
         self.cp.stop()
         nodes.delete_bridge()
