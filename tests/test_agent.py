@@ -1,0 +1,426 @@
+"""The node agent against moto's server and the IMDS emulator, in a temporary root."""
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ec2mpi.agent import hostfile
+from ec2mpi.agent.boot import (AgentParams, AgentPaths, EFS_OPTIONS, boot, efs_mount_command, mount_command,
+                               mpi_env_block, s3fs_mount_command, with_env_block)
+from ec2mpi.agent.imds import Imds, ImdsError
+from ec2mpi.agent.watch import Watcher
+from ec2mpi.aws.keystore import KeyStore
+from ec2mpi.aws.registry import Node, Registry
+from ec2mpi.keys import ClusterKeys
+from ec2mpi.localcloud.imds import ImdsServer, InstanceView
+
+BUCKET = "ec2mpi-123456789012-us-east-1"
+ROLE = "ec2mpi-test-node"
+
+
+# -- fixtures -------------------------------------------------------------------------
+@pytest.fixture
+def imds():
+    """The emulator on loopback: every caller is 127.0.0.1, so the test decides who that is."""
+    views = {}
+    server = ImdsServer("127.0.0.1", 0, lambda ip: views.get("me") if ip == "127.0.0.1" else None).start()
+    server.views = views
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def banner():
+    """A tiny TCP server that greets like sshd (for the readiness check)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_test\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield sock.getsockname()[1]
+    stop.set()
+    sock.close()
+
+
+@pytest.fixture
+def cluster(aws, cluster_name):
+    """A registry cluster item with keys in the bucket (what `create` leaves before launch)."""
+    reg = Registry(aws)
+    reg.ensure_table()
+    reg.create_cluster(cluster_name, "{}")
+    s3 = aws.client("s3")
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    keys = ClusterKeys.generate(cluster_name)
+    KeyStore(aws, bucket=BUCKET).put_keys(cluster_name, keys)
+    return reg, keys
+
+
+def params_for(name, user, shared="/shared", storage="none"):
+    return AgentParams(cluster=name, region="us-east-1", bucket=BUCKET, table="ec2mpi-registry",
+                       version="0.1.0", wheel_key=f"clusters/{name}/ec2mpi-0.1.0-py3-none-any.whl",
+                       storage=storage, storage_id="fs-12345678" if storage == "efs" else "",
+                       shared_path=shared, user=user, prefix="/opt/ec2mpi")
+
+
+def write_agent_json(paths, params):
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    paths.agent_json.write_text(json.dumps(params.__dict__))
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def wait_for(pred, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+# -- IMDS emulator and client ----------------------------------------------------------
+def test_imds_emulator_requires_tokens_and_honours_ttl(imds):
+    imds.views["me"] = InstanceView("i-0abc", "127.0.0.1", role=ROLE, tags={"ec2mpi:cluster": "demo"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(imds.url + "latest/meta-data/instance-id", timeout=2)
+    assert err.value.code == 401
+    client = Imds(imds.url)
+    assert client.meta("instance-id") == "i-0abc"
+    assert client.meta("local-hostname") == "ip-127-0-0-1.ec2.internal"
+    assert client.get("meta-data/iam/security-credentials/").strip() == ROLE
+    creds = client.json("meta-data/iam/security-credentials/" + ROLE)
+    assert {"Code", "LastUpdated", "Type", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"} <= set(creds)
+    assert client.get("meta-data/tags/instance/ec2mpi:cluster") == "demo"
+    assert client.json("dynamic/instance-identity/document")["instanceId"] == "i-0abc"
+    assert client.interruption() is None and client.rebalance() is None
+    imds.inject_interruption("i-0abc")
+    assert client.interruption()["action"] == "terminate"
+    imds.inject_rebalance("i-0abc")
+    assert "noticeTime" in client.rebalance()
+
+    short = Imds(imds.url, ttl=1)
+    token = short.token()
+    req = urllib.request.Request(imds.url + "latest/meta-data/instance-id",
+                                 headers={"X-aws-ec2-metadata-token": token})
+    assert urllib.request.urlopen(req, timeout=2).read() == b"i-0abc"
+    time.sleep(1.2)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=2)
+    assert err.value.code == 401
+    assert short.meta("instance-id") == "i-0abc"      # the client refreshes its token
+
+    imds.views.clear()                                  # an unknown caller gets nothing
+    assert client.get("meta-data/instance-id") is None
+
+
+def test_imds_client_never_falls_back_to_link_local_when_disabled(monkeypatch):
+    monkeypatch.delenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ImdsError):
+        Imds()
+
+
+def test_imds_client_bounded_when_unreachable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]      # closed port: connection refused
+    start = time.monotonic()
+    with pytest.raises(ImdsError):
+        Imds(f"http://127.0.0.1:{port}/", timeout=0.5, retries=2).get("meta-data/instance-id")
+    assert time.monotonic() - start < 5
+
+
+# -- pure pieces ------------------------------------------------------------------------
+def test_hostfile_formats_master_first_ready_only():
+    nodes = [Node("i-3", "worker", "172.31.0.10", "h3", 4, state="ready"),
+             Node("i-2", "worker", "172.31.0.9", "h2", 2, state="ready"),
+             Node("i-4", "worker", "172.31.0.11", "h4", 2, state="booting"),
+             Node("i-5", "worker", "172.31.0.12", "h5", 2, state="draining"),
+             Node("i-1", "master", "172.31.0.20", "h1", 8, state="ready")]
+    assert hostfile.render_openmpi(nodes) == "172.31.0.20 slots=8\n172.31.0.9 slots=2\n172.31.0.10 slots=4\n"
+    assert hostfile.render_mpich(nodes) == "172.31.0.20:8\n172.31.0.9:2\n172.31.0.10:4\n"
+
+
+def test_hostfile_atomic_write(tmp_path):
+    nodes = [Node("i-1", "master", "10.0.0.1", "h", 2, state="ready")]
+    text = hostfile.write_hostfiles(nodes, [tmp_path / "etc", tmp_path / "shared" / ".ec2mpi"])
+    assert text == "10.0.0.1 slots=2\n"
+    for d in ("etc", "shared/.ec2mpi"):
+        assert (tmp_path / d / "hostfile").read_text() == text
+        assert (tmp_path / d / "hostfile.mpich").read_text() == "10.0.0.1:2\n"
+        assert sorted(p.name for p in (tmp_path / d).iterdir()) == ["hostfile", "hostfile.mpich"]
+
+
+def test_mount_command_lines():
+    assert efs_mount_command("fs-1", "eu-west-1", "/shared") == [
+        "mount", "-t", "nfs4", "-o", "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
+        "fs-1.efs.eu-west-1.amazonaws.com:/", "/shared"]
+    assert EFS_OPTIONS in efs_mount_command("fs-1", "eu-west-1", "/shared")
+    assert efs_mount_command("fs-1", "eu-west-1", "/shared", efs_utils=True) == [
+        "mount", "-t", "efs", "-o", "tls", "fs-1:/", "/shared"]
+    cmd = s3fs_mount_command("bkt", "demo", "eu-west-1", "/shared", 1001, 1001)
+    assert cmd[:3] == ["s3fs", "bkt:/clusters/demo/shared", "/shared"] and cmd[3] == "-o"
+    assert "iam_role=auto" in cmd[4].split(",") and "uid=1001" in cmd[4].split(",")
+    p = params_for("demo", "ec2mpi", storage="efs")
+    assert mount_command(p, "/shared", 1, 1, hook="/x/hook") == ["/x/hook", "efs", "fs-12345678", "/shared"]
+    assert mount_command(params_for("demo", "u"), "/shared", 1, 1) is None
+
+
+def test_mpi_env_binds_to_none_only_locally():
+    aws_block = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), local=False)
+    assert "PRTE_MCA_prte_default_hostfile=/etc/ec2mpi/hostfile\n" in aws_block
+    assert "OMPI_MCA_orte_default_hostfile=/etc/ec2mpi/hostfile\n" in aws_block
+    assert "HYDRA_HOST_FILE=/etc/ec2mpi/hostfile.mpich\n" in aws_block
+    assert "binding_policy" not in aws_block
+    local_block = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), local=True)
+    assert "OMPI_MCA_hwloc_base_binding_policy=none" in local_block
+    assert "PRTE_MCA_hwloc_default_binding_policy=none" in local_block
+    bashrc = "case $- in *i*) ;; *) return;; esac\nalias ll='ls -l'\n"
+    once = with_env_block(bashrc, aws_block)
+    assert once.startswith(aws_block) and once.endswith(bashrc)
+    assert with_env_block(once, local_block) == local_block + bashrc   # idempotent, replaced in place
+
+
+# -- boot ---------------------------------------------------------------------------------
+def _agent_env(imds_url, root):
+    """What a node's agent sees: no static credentials, the role's come from the emulator."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_EC2_METADATA_DISABLED")}
+    env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds_url
+    return env
+
+
+def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluster_name, imds, banner, tmp_path,
+                                                            monkeypatch):
+    reg, keys = cluster
+    reg.set_master(cluster_name, "i-0master")
+    imds.views["me"] = InstanceView("i-0master", "127.0.0.1", instance_type="c6i.xlarge", role=ROLE)
+    user = pwd.getpwuid(os.getuid()).pw_name            # exists already: no useradd needed here
+    paths = AgentPaths(tmp_path / "root")
+    params = params_for(cluster_name, user, storage="efs")
+    write_agent_json(paths, params)
+    hook_log = tmp_path / "hook.log"
+    hook = tmp_path / "mount-hook"
+    hook.write_text(f"#!/bin/sh\necho \"$@\" >> {hook_log}\n")
+    hook.chmod(0o755)
+    monkeypatch.setenv("EC2MPI_LOCAL", "1")
+    monkeypatch.setenv("EC2MPI_MOUNT_HOOK", str(hook))
+    monkeypatch.delenv("EC2MPI_SSHD_PIDFILE", raising=False)
+
+    node = boot(params, paths, imds=Imds(imds.url), aws=aws, ssh_port=banner, master_timeout=5)
+
+    assert (node.role, node.state, node.private_ip, node.instance_type) == ("master", "ready", "127.0.0.1",
+                                                                            "c6i.xlarge")
+    [item] = reg.nodes(cluster_name)
+    assert (item.instance_id, item.role, item.state, item.slots, item.lifecycle, item.hostname) == (
+        "i-0master", "master", "ready", os.cpu_count(), "spot", "ip-127-0-0-1")
+    assert reg.epoch(cluster_name) == 2                  # put (booting) + ready
+    home = paths.home(user)
+    ssh = home / ".ssh"
+    assert mode(ssh) == 0o700
+    assert (ssh / "id_ed25519").read_bytes() == keys.identity.private_openssh and mode(ssh / "id_ed25519") == 0o600
+    assert (ssh / "authorized_keys").read_bytes() == keys.identity.public_openssh
+    assert mode(ssh / "authorized_keys") == 0o600 and mode(ssh / "config") == 0o600
+    config = (ssh / "config").read_text()
+    assert "StrictHostKeyChecking yes" in config and f"UserKnownHostsFile {paths.known_hosts}" in config
+    assert paths.known_hosts.read_text().startswith("* ssh-ed25519 ")
+    assert paths.host_key.read_bytes() == keys.host.private_openssh and mode(paths.host_key) == 0o600
+    assert f"HostKey {paths.host_key}" in paths.sshd_config.read_text()
+    assert not paths.sshd_dropin.exists()                # EC2MPI_LOCAL: /etc/ssh is not ours
+    assert hook_log.read_text().split() == ["efs", "fs-12345678", str(paths.shared(params))]
+    bashrc = (home / ".bashrc").read_text()
+    assert bashrc.startswith("# >>> ec2mpi") and "binding_policy=none" in bashrc
+    assert "PRTE_MCA_prte_default_hostfile" in (home / ".profile").read_text()
+
+    # watch, as the stub runs it: a separate process whose AWS credentials come from the
+    # instance role through the emulator; it writes the hostfile and deregisters on SIGTERM.
+    env = _agent_env(imds.url, paths.root)
+    env["EC2MPI_WATCH_POLL"] = "0.2"
+    proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.agent.main", "--root", str(paths.root), "watch"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: (paths.etc / "hostfile").exists(), 30), proc.stdout.read1().decode()
+        assert (paths.etc / "hostfile").read_text() == f"127.0.0.1 slots={os.cpu_count()}\n"
+        assert (paths.etc / "hostfile.mpich").read_text() == f"127.0.0.1:{os.cpu_count()}\n"
+        assert (paths.shared(params) / ".ec2mpi" / "hostfile").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 3
+
+
+def test_boot_waits_for_the_master_then_is_a_worker(aws, cluster, cluster_name, imds, banner, tmp_path,
+                                                    monkeypatch):
+    reg, _ = cluster
+    imds.views["me"] = InstanceView("i-0worker", "127.0.0.1", lifecycle="on-demand")
+    threading.Timer(1.0, reg.set_master, (cluster_name, "i-0other")).start()
+    monkeypatch.setenv("EC2MPI_LOCAL", "1")
+    paths = AgentPaths(tmp_path / "root")
+    node = boot(params_for(cluster_name, pwd.getpwuid(os.getuid()).pw_name), paths, imds=Imds(imds.url),
+                aws=aws, ssh_port=banner, master_timeout=10)
+    assert (node.role, node.lifecycle) == ("worker", "on-demand")
+    assert [n.state for n in reg.nodes(cluster_name)] == ["ready"]
+
+
+# -- real user + real sshd (root only) -----------------------------------------------------
+def _root_reason():
+    if os.geteuid() != 0:
+        return "creating the cluster user and running sshd needs root (CI runs as root)"
+    if not (shutil.which("useradd") and os.path.exists("/usr/sbin/sshd") and shutil.which("ssh")):
+        return "needs useradd, sshd and ssh (apt-get install passwd openssh-server openssh-client)"
+    return ""
+
+
+@pytest.mark.skipif(bool(_root_reason()), reason=_root_reason() or "n/a")
+def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(aws, cluster, cluster_name, imds, tmp_path,
+                                                                      monkeypatch):
+    """End to end on one host: the user logs in over ssh with the cluster key, the host key
+    is verified with StrictHostKeyChecking, and the login shell has the MPI environment."""
+    reg, keys = cluster
+    reg.set_master(cluster_name, "i-0master")
+    imds.views["me"] = InstanceView("i-0master", "127.0.0.1")
+    user = "e2t" + uuid.uuid4().hex[:8]
+    sandbox = tempfile.mkdtemp(prefix="ec2mpi-agent-")   # pytest's tmp is 0700: the user could not enter
+    os.chmod(sandbox, 0o755)
+    paths = AgentPaths(Path(sandbox))
+    # sshd as the local cloud runs it: a bootstrap host key, and an Include of the agent's config
+    port = _free_port()
+    boot_key = tmp_path / "boot_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-N", "", "-f", str(boot_key)], check=True)
+    sshd_conf = tmp_path / "sshd_config"
+    sshd_conf.write_text(f"Include {paths.sshd_config}\nPort {port}\nListenAddress 127.0.0.1\n"
+                         f"HostKey {boot_key}\nPidFile {tmp_path / 'sshd.pid'}\nUsePAM no\n"
+                         "StrictModes no\nPasswordAuthentication no\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "wb"))
+    try:
+        assert wait_for(lambda: (tmp_path / "sshd.pid").exists(), 10)
+        monkeypatch.setenv("EC2MPI_LOCAL", "1")
+        monkeypatch.setenv("EC2MPI_SSHD_PIDFILE", str(tmp_path / "sshd.pid"))
+        boot(params_for(cluster_name, user), paths, imds=Imds(imds.url), aws=aws, ssh_port=port, master_timeout=5)
+        pw = pwd.getpwnam(user)
+        assert pw.pw_shell == "/bin/bash" and pw.pw_dir == str(paths.home(user))
+        ssh_dir = paths.home(user) / ".ssh"
+        assert os.stat(ssh_dir / "id_ed25519").st_uid == pw.pw_uid and os.stat(ssh_dir).st_uid == pw.pw_uid
+        with open("/etc/shadow") as f:
+            assert [line.split(":")[1] for line in f if line.startswith(user + ":")] == ["*"]
+        time.sleep(0.5)  # sshd re-executes on SIGHUP
+        out = subprocess.run(["ssh", "-F", str(ssh_dir / "config"), "-p", str(port), "-o", "BatchMode=yes",
+                              f"{user}@127.0.0.1", "echo $PRTE_MCA_prte_default_hostfile"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr + (tmp_path / "sshd.log").read_text()
+        assert out.stdout.strip() == str(paths.etc / "hostfile")
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+        subprocess.run(["userdel", "-f", user], capture_output=True)
+        subprocess.run(["rm", "-f", f"/var/mail/{user}"])
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- watch ----------------------------------------------------------------------------------
+def _node(i, role="worker", state="ready", slots=2):
+    return Node(f"i-{i:04d}", role, f"172.31.0.{i}", f"ip-172-31-0-{i}", slots, state=state)
+
+
+def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluster_name, tmp_path):
+    reg, _ = cluster
+    poll = 0.25
+    for n in (_node(10, "master", slots=4), _node(11)):
+        reg.put_node(cluster_name, n)
+    master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
+    watcher = Watcher(cluster_name, master,
+                      Registry(aws), [tmp_path / "etc", tmp_path / "shared"], poll=poll, heartbeat_every=60)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    hf = tmp_path / "etc" / "hostfile"
+    try:
+        assert wait_for(lambda: hf.exists() and hf.read_text().count("\n") == 2, 2 * poll + 1)
+        assert hf.read_text() == "172.31.0.10 slots=4\n172.31.0.11 slots=2\n"
+
+        def follows(expected):
+            return wait_for(lambda: hf.read_text() == expected, 2 * poll)
+
+        reg.put_node(cluster_name, _node(12, state="booting"))
+        reg.set_node_state(cluster_name, "i-0012", "ready")
+        assert follows("172.31.0.10 slots=4\n172.31.0.11 slots=2\n172.31.0.12 slots=2\n")
+        assert (tmp_path / "etc" / "hostfile.mpich").read_text() == "172.31.0.10:4\n172.31.0.11:2\n172.31.0.12:2\n"
+        reg.set_node_state(cluster_name, "i-0011", "draining")
+        assert follows("172.31.0.10 slots=4\n172.31.0.12 slots=2\n")
+        reg.delete_node(cluster_name, "i-0012")
+        assert follows("172.31.0.10 slots=4\n")
+        assert (tmp_path / "shared" / "hostfile").read_text() == "172.31.0.10 slots=4\n"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert master.instance_id not in {n.instance_id for n in reg.nodes(cluster_name)}   # deregistered
+
+
+def test_spot_notice_drains_the_node_and_the_master_drops_it(aws, cluster, cluster_name, imds, tmp_path):
+    reg, _ = cluster
+    for n in (_node(20, "master"), _node(21)):
+        reg.put_node(cluster_name, n)
+    imds.views["me"] = InstanceView("i-0021", "127.0.0.1")
+    nodes = {n.instance_id: n for n in reg.nodes(cluster_name)}
+    master = Watcher(cluster_name, nodes["i-0020"], Registry(aws), [tmp_path], poll=0.2, heartbeat_every=60)
+    worker = Watcher(cluster_name, nodes["i-0021"], Registry(aws), imds=Imds(imds.url), notice_every=0.2,
+                     heartbeat_every=0.2)
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in (master, worker)]
+    for t in threads:
+        t.start()
+    hf = tmp_path / "hostfile"
+    try:
+        assert wait_for(lambda: hf.exists() and hf.read_text().count("\n") == 2, 3)
+        before = {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}
+        time.sleep(1.1)
+        assert wait_for(lambda: {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}["i-0021"]
+                        > before["i-0021"], 2)
+        imds.inject_interruption("i-0021")
+        assert wait_for(lambda: {n.instance_id: n.state for n in reg.nodes(cluster_name)}["i-0021"] == "draining", 2)
+        assert wait_for(lambda: hf.read_text() == "172.31.0.20 slots=2\n", 1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert reg.nodes(cluster_name) == []
