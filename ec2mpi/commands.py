@@ -223,6 +223,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises UserError instead of printing usage and exiting."""
 
     def error(self, message):
+        if message.startswith("argument COMMAND: invalid choice"):
+            word = message.split("'")[1] if "'" in message else "?"
+            raise UserError(f"unknown command {word!r}", "'help' lists the commands")
         raise UserError(f"{self.prog}: {message}", f"see: {self.prog} --help")
 
     def exit(self, status=0, message=None):
