@@ -96,3 +96,16 @@ def test_stub_names_the_failing_step(tmp_path):
     assert out.returncode == 3
     assert "FAILED at step: ec2mpi-agent boot (exit 3)" in out.stdout
     assert not (root / "run/ec2mpi/watch.pid").exists()
+
+
+def test_bake_script_and_unit_are_well_formed():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run(["bash", "-n", os.path.join(root, "bootstrap", "bake-ami.sh")]).returncode == 0
+    unit = open(os.path.join(root, "bootstrap", "ec2mpi-watch.service")).read()
+    assert "ExecStart=@PREFIX@/venv/bin/ec2mpi-agent watch" in unit and "EnvironmentFile=-/etc/ec2mpi/agent.env" in unit
+
+
+def test_agent_reports_its_version():
+    import ec2mpi
+    out = subprocess.run([sys.executable, "-m", "ec2mpi.agent.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == ec2mpi.__version__
