@@ -281,17 +281,29 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 3
 
 
-def test_boot_waits_for_the_master_then_is_a_worker(aws, cluster, cluster_name, imds, banner, tmp_path,
-                                                    monkeypatch):
+def test_boot_waits_for_the_master_then_is_a_worker_aws_style(aws, cluster, cluster_name, imds, banner, tmp_path,
+                                                               monkeypatch):
+    """Not the local cloud: the sshd drop-in is written, sshd is reloaded by SIGHUP, no --bind-to none."""
     reg, _ = cluster
     imds.views["me"] = InstanceView("i-0worker", "127.0.0.1", lifecycle="on-demand")
     threading.Timer(1.0, reg.set_master, (cluster_name, "i-0other")).start()
-    monkeypatch.setenv("EC2MPI_LOCAL", "1")
+    monkeypatch.delenv("EC2MPI_LOCAL", raising=False)
+    monkeypatch.delenv("EC2MPI_MOUNT_HOOK", raising=False)
+    fake_sshd = subprocess.Popen(["sleep", "60"])
+    (tmp_path / "sshd.pid").write_text(f"{fake_sshd.pid}\n")
+    monkeypatch.setenv("EC2MPI_SSHD_PIDFILE", str(tmp_path / "sshd.pid"))
     paths = AgentPaths(tmp_path / "root")
-    node = boot(params_for(cluster_name, pwd.getpwuid(os.getuid()).pw_name), paths, imds=Imds(imds.url),
-                aws=aws, ssh_port=banner, master_timeout=10)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        node = boot(params_for(cluster_name, user), paths, imds=Imds(imds.url), aws=aws, ssh_port=banner,
+                    master_timeout=10)
+        assert fake_sshd.wait(5) == -signal.SIGHUP
+    finally:
+        fake_sshd.kill()
     assert (node.role, node.lifecycle) == ("worker", "on-demand")
     assert [n.state for n in reg.nodes(cluster_name)] == ["ready"]
+    assert paths.sshd_dropin.read_text() == f"Include {paths.sshd_config}\n"
+    assert "binding_policy" not in (paths.home(user) / ".bashrc").read_text()
 
 
 # -- real user + real sshd (root only) -----------------------------------------------------
