@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -199,8 +200,16 @@ def serve(host: str, state_dir: Path) -> None:
     # werkzeug would do it): a client that connects and stalls cannot block the listener.
     https.ssl_context = ctx  # werkzeug then reports wsgi.url_scheme=https and handles SSL errors
 
+    # TCP_NODELAY: werkzeug writes status, headers and body separately, and each becomes a
+    # TLS record; with Nagle + delayed ACKs an HTTPS request took ~25 ms instead of ~10 ms.
+    def accept_plain():
+        sock, addr = http.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
     def accept_tls():
         sock, addr = https.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
     def finish_tls(request, client_address):  # runs in the connection's own thread
@@ -214,6 +223,7 @@ def serve(host: str, state_dir: Path) -> None:
 
     finish_request = https.finish_request
     https.get_request, https.finish_request = accept_tls, finish_tls
+    http.get_request = accept_plain
     threads = [threading.Thread(target=srv.serve_forever, args=(0.1,), name=name, daemon=True)
                for srv, name in ((https, "https"), (http, "http"))]
     for t in threads:
