@@ -129,7 +129,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench/local_cluster.py needs root (the local cloud makes namespaces)")
     t0 = time.monotonic()
-    info = server.ensure_up(lambda m: print(f"# {m}", flush=True))
+    info = server.ensure_up(lambda done, total, m: print(f"# {m}", flush=True))
     print(f"# local cloud up in {time.monotonic() - t0:.1f} s at {info.endpoint}; {os.cpu_count()} cores")
     skip = set(args.skip.split(","))
     if "create" not in skip:

@@ -94,8 +94,15 @@ def _daemon_alive(pid: int) -> bool:
 
 
 def ensure_up(progress=None) -> LocalCloudInfo:
-    """Start the local cloud unless it already runs; return how to reach it."""
-    progress = progress or (lambda msg: None)
+    """Start the local cloud unless it already runs; return how to reach it.
+
+    progress(done, total, message), the same convention as cluster.Progress.
+    """
+    report = progress or (lambda done, total, message: None)
+    steps = iter(range(1, 100))
+
+    def progress(message: str) -> None:
+        report(next(steps), 4, message)
     require_root()
     state = state_dir()
     with _lock(state / "lock"):
