@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from ec2mpi.userdata import MAX_BYTES, UserDataParams, render
 

@@ -24,7 +24,7 @@ from ..aws.keystore import KeyStore
 from ..aws.registry import Node, Registry
 from ..aws.session import AwsSession
 from ..keys import known_hosts_line
-from .hostfile import MPICH_NAME, OPENMPI_NAME, atomic_write
+from .hostfile import MPICH_NAME, OPENMPI_NAME
 from .imds import Imds
 
 log = logging.getLogger("ec2mpi.agent")
