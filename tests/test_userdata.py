@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-
 from ec2mpi.userdata import MAX_BYTES, UserDataParams, render
 
 PARAMS = UserDataParams(cluster="demo", region="eu-west-1", bucket="ec2mpi-123456789012-eu-west-1",
