@@ -80,11 +80,15 @@ class AwsSession:
         return self._account
 
     # -- clients ----------------------------------------------------------------
-    def client(self, service: str):
+    def client(self, service: str, max_attempts: int | None = None):
+        """The cached client for `service`; `max_attempts` gives a separate client with fewer
+        retries, for optional calls (pricing, placement groups) that an emulator answers with 500."""
         with self._lock:
-            client = self._clients.get(service)
+            key = service if max_attempts is None else f"{service}#{max_attempts}"
+            client = self._clients.get(key)
             if client is None:
-                kwargs = {"config": Config(retries=_RETRIES, connect_timeout=10, read_timeout=60)}
+                retries = _RETRIES if max_attempts is None else {"mode": "standard", "max_attempts": max_attempts}
+                kwargs = {"config": Config(retries=retries, connect_timeout=10, read_timeout=60)}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url
                 if self.ca_bundle:
@@ -92,7 +96,7 @@ class AwsSession:
                 # region is validated lazily: STS/IAM are global, but we still pin the region
                 client = self._session.client(service, region_name=self._session.region_name or None, **kwargs)
                 client.meta.events.register("before-call.*.*", self._before_call)
-                self._clients[service] = client
+                self._clients[key] = client
             return client
 
     def on_call(self, listener: Callable[[str, str], None]) -> Callable[[], None]:

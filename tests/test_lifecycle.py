@@ -1,0 +1,311 @@
+"""The cluster lifecycle against moto's server: create, grow, shrink, wait, resume, destroy.
+
+Every assertion reads the state back from the control plane (EC2, S3, DynamoDB, IAM,
+EFS) through plain API calls; the agents are played by a thread writing the registry.
+"""
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from ec2mpi.aws.fleet import PLACEMENT_UNSUPPORTED, Fleet
+from ec2mpi.aws.iam import NodeRole
+from ec2mpi.aws.keystore import KeyStore
+from ec2mpi.aws.registry import Node, Registry
+from ec2mpi.aws.storage import Efs
+from ec2mpi.cluster import ClusterManager
+from ec2mpi.config import TAG_CLUSTER, TAG_LAUNCH, TAG_ROLE, ClusterSpec
+from ec2mpi.errors import UserError, WaitTimeout
+
+CIDR = "203.0.113.7/32"
+
+
+def manager(aws, progress=None):
+    mgr = ClusterManager(aws, progress=progress)
+    mgr.poll_interval = 0.1
+    return mgr
+
+
+def live_ids(aws, name):
+    return [i.instance_id for i in Fleet(aws, name).instances()]
+
+
+def state(aws, name):
+    """What exists for the cluster, service by service."""
+    ks, reg, fleet = KeyStore(aws), Registry(aws), Fleet(aws, name)
+    fs = Efs(aws, name).find()
+    return {
+        "instances": live_ids(aws, name),
+        "s3": sorted(k.rsplit("/", 1)[1] for k in ks.list(name)),
+        "cluster_item": reg.get_cluster(name) if reg.table_exists() else None,
+        "node_items": sorted(n.instance_id for n in reg.nodes(name)) if reg.table_exists() else [],
+        "iam": NodeRole(aws, name).exists(),
+        "efs": fs["FileSystemId"] if fs else None,
+        "mount_targets": len(Efs(aws, name).mount_targets(fs["FileSystemId"])) if fs else 0,
+        "sg": fleet.find_security_group(),
+        "lt": fleet.find_launch_template(),
+    }
+
+
+def play_agents(aws, name, ids, ready=True):
+    """What each node's agent does at boot: register, then report ready."""
+    reg = Registry(aws)
+    by_id = {i.instance_id: i for i in Fleet(aws, name).instances(ids=ids)}
+    master = reg.get_cluster(name).get("master")
+    for iid in ids:
+        inst = by_id[iid]
+        reg.put_node(name, Node(iid, "master" if iid == master else "worker", inst.private_ip,
+                                "ip-" + inst.private_ip.replace(".", "-"), 2, inst.lifecycle, inst.instance_type))
+        if ready:
+            reg.set_node_state(name, iid, "ready")
+
+
+def test_lifecycle_create_add_remove_destroy(aws, cluster_name):
+    name = cluster_name
+    mgr = manager(aws)
+    st = mgr.create(ClusterSpec(name, nodes=3, ssh_cidr=CIDR, storage="efs"), wait=False)
+
+    s = state(aws, name)
+    assert len(s["instances"]) == 3
+    assert s["cluster_item"]["status"] == "ready" and s["cluster_item"]["master"] == s["instances"][0]
+    assert s["s3"] == sorted(["id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
+                              "ec2mpi-0.1.0-py3-none-any.whl"])
+    assert s["iam"] == {"role": True, "instance_profile": True}
+    assert s["efs"] and s["mount_targets"] == len(Fleet(aws, name).subnets())
+    assert s["sg"] and s["lt"] and s["node_items"] == []
+    assert [n.state for n in st.nodes] == ["pending"] * 3 and st.nodes[0].role == "master"
+    master = Fleet(aws, name).instances(ids=[s["instances"][0]])[0]
+    assert master.tags[TAG_ROLE] == "master" and master.lifecycle == "spot"
+
+    play_agents(aws, name, s["instances"])
+    added = mgr.add_nodes(name, 2, wait=False)
+    assert len(added) == 2 and set(added).isdisjoint(s["instances"])
+    assert len(live_ids(aws, name)) == 5
+    play_agents(aws, name, added)
+    st = mgr.status(name)
+    assert st.ready == 5 and st.nodes[0].instance_id == s["instances"][0]
+    assert st.cost.per_hour > 0 and "spot" in st.cost.source
+    lines = mgr.hostfile(name).splitlines()
+    assert len(lines) == 5 and lines[0] == f"{master.private_ip} slots=2"
+    epoch = Registry(aws).epoch(name)
+
+    removed = mgr.remove_nodes(name, 1)
+    assert removed == [added[-1]]
+    assert sorted(live_ids(aws, name)) == sorted(s["instances"] + added[:1])
+    assert state(aws, name)["node_items"] == sorted(s["instances"] + added[:1])
+    assert Registry(aws).epoch(name) == epoch + 2          # draining, then removed
+    with pytest.raises(UserError, match="master"):
+        mgr.remove_nodes(name, instance_ids=[s["instances"][0]])
+
+    report = mgr.destroy(name)
+    assert report.leftovers == []
+    s = state(aws, name)
+    assert s["instances"] == [] and s["s3"] == [] and s["cluster_item"] is None and s["node_items"] == []
+    assert s["iam"] == {"role": False, "instance_profile": False}
+    assert s["efs"] is None and s["sg"] is None and s["lt"] is None
+    assert mgr.leftovers(name) == []
+
+
+def test_wait_until_agents_report_ready(aws, cluster_name):
+    seen = []
+    mgr = manager(aws, progress=lambda d, t, m: seen.append((d, t, m)))
+
+    def agents():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ids = live_ids(aws, cluster_name)
+            item = Registry(aws).get_cluster(cluster_name) if Registry(aws).table_exists() else None
+            if len(ids) == 2 and item and item.get("master"):
+                time.sleep(0.3)
+                play_agents(aws, cluster_name, ids)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=agents, daemon=True)
+    t.start()
+    st = mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=True, timeout=20)
+    t.join()
+    assert st.ready == 2 and st.master is not None
+    assert (2, 2, "2/2 nodes ready") in seen
+    mgr.destroy(cluster_name)
+
+
+def test_wait_timeout_names_missing_nodes(aws, cluster_name):
+    mgr = manager(aws)
+    mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
+    ids = live_ids(aws, cluster_name)
+    play_agents(aws, cluster_name, ids[:1])
+    with pytest.raises(WaitTimeout) as err:
+        mgr._wait(cluster_name, ids, timeout=0.5)
+    assert ids[1] in str(err.value) and ids[0] not in str(err.value).split(":", 1)[1]
+    assert err.value.exit_status == 1
+    # add-nodes waits the same way, naming only its own new nodes
+    with pytest.raises(WaitTimeout) as err:
+        mgr.add_nodes(cluster_name, 1, wait=True, timeout=0.3)
+    new = [i for i in live_ids(aws, cluster_name) if i not in ids]
+    assert len(new) == 1 and new[0] in str(err.value)
+    mgr.destroy(cluster_name)
+
+
+class Crash(KeyboardInterrupt):
+    """What a Ctrl-C or a killed laptop looks like to create: it stops between two steps."""
+
+
+@pytest.mark.parametrize("crash_at", ["security group", "launch template", "launched"])
+def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at):
+    spec = ClusterSpec(cluster_name, nodes=3, ssh_cidr=CIDR, storage="s3fs")
+
+    def crash(done, total, message):
+        if message.startswith(crash_at):
+            raise Crash(message)
+
+    with pytest.raises(Crash):
+        manager(aws, progress=crash).create(spec, wait=False)
+    item = Registry(aws).get_cluster(cluster_name)
+    assert item["status"] == "creating" and item["launch_token"]
+    before = live_ids(aws, cluster_name)
+    assert len(before) == (3 if crash_at == "launched" else 0)
+
+    st = manager(aws).create(spec, wait=False)          # resume
+    after = live_ids(aws, cluster_name)
+    assert len(after) == 3 and set(before) <= set(after)
+    assert {i.tags[TAG_LAUNCH] for i in Fleet(aws, cluster_name).instances()} == {item["launch_token"]}
+    assert Registry(aws).get_cluster(cluster_name)["status"] == "ready" and len(st.nodes) == 3
+    assert len(Fleet(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
+    with pytest.raises(UserError, match="already exists"):
+        manager(aws).create(spec, wait=False)
+    assert manager(aws).destroy(cluster_name).leftovers == []
+
+
+def st_sg(aws, name):
+    return Fleet(aws, name).find_security_group()
+
+
+def test_resume_with_different_settings_is_refused(aws, cluster_name):
+    spec = ClusterSpec(cluster_name, nodes=1, ssh_cidr=CIDR, storage="none")
+
+    def crash(done, total, message):
+        if message.startswith("security group"):
+            raise Crash(message)
+
+    with pytest.raises(Crash):
+        manager(aws, progress=crash).create(spec, wait=False)
+    with pytest.raises(UserError, match="different settings"):
+        manager(aws).create(spec.replace(nodes=2), wait=False)
+    assert manager(aws).destroy(cluster_name).leftovers == []
+
+
+def test_destroy_sweeps_a_half_created_cluster_without_registry_item(aws, cluster_name):
+    def crash(done, total, message):
+        if message.startswith("launched"):
+            raise Crash(message)
+
+    with pytest.raises(Crash):
+        manager(aws, progress=crash).create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR), wait=False)
+    Registry(aws).delete_cluster(cluster_name)            # as if the registry write was lost
+    assert len(live_ids(aws, cluster_name)) == 2
+    report = manager(aws).destroy(cluster_name)
+    assert report.leftovers == [] and len(report.removed["instances"]) == 2
+    assert state(aws, cluster_name)["efs"] is None
+
+
+@pytest.fixture(scope="module")
+def built(controlplane, tmp_path_factory):
+    """One s3fs cluster to read its hardening back from (module-scoped: creation is the slow part)."""
+    from ec2mpi.aws.session import AwsSession
+    aws = AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+    name = "hard" + str(int(time.time() * 1000))[-8:]
+    manager(aws).create(ClusterSpec(name, nodes=2, ssh_cidr=CIDR, storage="s3fs"), wait=False)
+    yield aws, name
+    manager(aws).destroy(name)
+
+
+def test_bucket_is_hardened(built, controlplane):
+    aws, name = built
+    ks = KeyStore(aws)
+    h = ks.hardening()
+    assert h["public_access_block"] == {"BlockPublicAcls": True, "IgnorePublicAcls": True,
+                                        "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+    assert h["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    (stmt,) = h["policy"]["Statement"]
+    assert stmt["Effect"] == "Deny" and stmt["Action"] == "s3:*" and stmt["Principal"] == "*"
+    assert stmt["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert ks.get_keys(name).identity.private_openssh.startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
+    if controlplane.http_endpoint != controlplane.endpoint:     # the TLS-only policy really bites
+        from ec2mpi.aws.session import AwsSession, ClientError
+        plain = AwsSession(region="us-east-1", endpoint_url=controlplane.http_endpoint)
+        with pytest.raises(ClientError) as err:
+            plain.client("s3").get_object(Bucket=ks.bucket, Key=f"clusters/{name}/id_ed25519")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_security_group_rules(built):
+    aws, name = built
+    rules = Fleet(aws, name).security_group_rules(st_sg(aws, name))
+    ssh = [r for r in rules if r.get("FromPort") == 22]
+    assert len(ssh) == 1 and [x["CidrIp"] for x in ssh[0]["IpRanges"]] == [CIDR]
+    everything = [r for r in rules if r["IpProtocol"] == "-1"]
+    assert len(everything) == 1 and everything[0]["IpRanges"] == []
+    assert [p["GroupId"] for p in everything[0]["UserIdGroupPairs"]] == [st_sg(aws, name)]
+    assert not any(x.get("CidrIp") == "0.0.0.0/0" for r in rules for x in r.get("IpRanges", []))
+
+
+def test_launch_template_and_user_data(built):
+    aws, name = built
+    data = Fleet(aws, name).launch_template_data()
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] in (1, 2)
+    assert data["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    assert data["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/ec2mpi-{name}-node")
+    kinds = {t["ResourceType"]: t["Tags"] for t in data["TagSpecifications"]}
+    for kind in ("instance", "volume"):
+        assert {"Key": TAG_CLUSTER, "Value": name} in kinds[kind]
+    import base64
+    raw = base64.b64decode(data["UserData"])
+    assert len(raw) < 16 * 1024
+    keys = KeyStore(aws).get_keys(name)
+    text = raw.decode()
+    for secret in (b"PRIVATE KEY", b"aws_secret", b"AWS_SECRET", b"testing"):
+        assert secret.decode() not in text
+    body = b"".join(keys.identity.private_openssh.splitlines()[1:-1]).decode()
+    assert body[:40] not in text and f"clusters/{name}/ec2mpi-" in text or name in text
+
+
+def test_role_policy_is_least_privilege(built):
+    aws, name = built
+    role = NodeRole(aws, name)
+    trust = aws.client("iam").get_role(RoleName=role.names.role)["Role"]["AssumeRolePolicyDocument"]
+    trust = json.loads(trust) if isinstance(trust, str) else trust
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    policy = role.policy()
+    bucket = KeyStore(aws).bucket
+    for stmt in policy["Statement"]:
+        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+        assert all("*" not in a for a in actions), stmt
+        if stmt["Resource"] == ["*"]:
+            assert all(a.startswith("ec2:Describe") for a in actions)
+        for a in actions:
+            if a.startswith("s3:") and a != "s3:ListBucket":
+                assert all(r.startswith(f"arn:aws:s3:::{bucket}/clusters/{name}/") for r in stmt["Resource"])
+            if a in ("s3:PutObject", "s3:DeleteObject"):
+                assert stmt["Resource"] == [f"arn:aws:s3:::{bucket}/clusters/{name}/shared/*"]
+            if a in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"):
+                assert stmt["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [name]}}
+    listing = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
+    assert listing and listing[0]["Condition"]["StringLike"]["s3:prefix"][0] == f"clusters/{name}/shared/"
+
+
+def test_placement_group_warns_and_on_demand_launches(aws, cluster_name, caplog):
+    seen = []
+    mgr = manager(aws, progress=lambda d, t, m: seen.append(m))
+    spec = ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none", placement_group=True, spot=False)
+    with caplog.at_level(logging.WARNING):
+        st = mgr.create(spec, wait=False)
+    assert PLACEMENT_UNSUPPORTED in caplog.text and PLACEMENT_UNSUPPORTED in seen
+    assert len(st.nodes) == 2 and {n.lifecycle for n in st.nodes} == {"on-demand"}
+    cost = mgr.cost(cluster_name)
+    assert "static" in cost.source and cost.per_hour > 0
+    assert mgr.destroy(cluster_name).leftovers == []
