@@ -43,6 +43,11 @@ What is patched, and why (moto 5.2.1 source references):
    writes, UpdateItem ADD and TransactWriteItems; moto's backend is plain Python under a
    threaded server. `RequestContextMiddleware` runs every DynamoDB request (X-Amz-Target
    `DynamoDB_*`) under one lock, which makes each request atomic w.r.t. the others.
+
+4. EC2 Fleet instance profiles (moto/ec2/models/fleets.py Fleet.create_*_requests): moto
+   reads `IamInstanceProfile` from the launch template but never gives it to the
+   instances it launches, so nodes had no role and no credentials. AWS attaches the
+   template's profile to every instance; we associate it after each fleet launch.
 """
 from __future__ import annotations
 
@@ -220,4 +225,29 @@ def apply() -> None:
         return response
 
     S3Response._key_response = _key_response
+
+    # 4. Fleet instances carry their launch template's instance profile.
+    from moto.ec2.models.fleets import Fleet
+
+    def _attach_profiles(fleet) -> None:
+        launched = [(r.instance, r.launch_spec) for r in fleet.spot_requests if getattr(r, "instance", None)]
+        launched += [(d["instance"], d["launch_spec"]) for d in fleet.on_demand_instances]
+        for instance, spec in launched:
+            profile = getattr(spec, "iam_instance_profile", None) or {}
+            if isinstance(profile.get("Arn"), dict):  # moto wraps the template's {"Arn"|"Name": ...} again
+                profile = profile["Arn"]
+            if profile and instance.id not in fleet.ec2_backend.iam_instance_profile_associations:
+                fleet.ec2_backend.associate_iam_instance_profile(
+                    instance.id, iam_instance_profile_name=profile.get("Name"),
+                    iam_instance_profile_arn=profile.get("Arn"))
+
+    for method in ("create_spot_requests", "create_on_demand_requests"):
+        original = getattr(Fleet, method)
+
+        def launch_with_profiles(self, weight, _original=original):
+            result = _original(self, weight)
+            _attach_profiles(self)
+            return result
+
+        setattr(Fleet, method, launch_with_profiles)
     _applied = True
