@@ -103,6 +103,8 @@ class ClusterManager:
         self.progress = progress or (lambda done, total, message: None)
         self._registry: Optional[Registry] = None
         self._keystore: Optional[KeyStore] = None
+        self._region: Optional[str] = None
+        self._table = False
 
     # -- adapters (lazy: bad input must fail before any client talks to AWS) ----------
     @property
@@ -117,14 +119,28 @@ class ClusterManager:
             self._keystore = KeyStore(self.aws)
         return self._keystore
 
+    def _table_exists(self) -> bool:
+        """The registry table is never deleted by ec2mpi: once seen, skip asking again."""
+        if not self._table:
+            self._table = self.registry.table_exists()
+        return self._table
+
+    def _require(self, name: str) -> dict:
+        item = self.registry.get_cluster(name) if self._table_exists() else None
+        if item is None:
+            raise UserError(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
+        return item
+
     def _say(self, done: int, total: int, message: str) -> None:
         self.progress(done, total, message)
 
     def _preflight(self) -> str:
         """Credentials and region, before anything else: returns the region."""
-        region = self.aws.region
-        self.aws.check_credentials()
-        return region
+        if self._region is None:
+            region = self.aws.region
+            self.aws.check_credentials()
+            self._region = region
+        return self._region
 
     # -- create -----------------------------------------------------------------
     def create(self, spec: ClusterSpec, wait: bool = True, timeout: float = 900.0) -> ClusterStatus:
@@ -133,7 +149,7 @@ class ClusterManager:
         fleet = Fleet(self.aws, spec.name)
         fleet.check_instance_types(spec.instance_types)
         subnets = fleet.subnets(spec.subnet_ids)
-        item = self.registry.get_cluster(spec.name) if self.registry.table_exists() else None
+        item = self.registry.get_cluster(spec.name) if self._table_exists() else None
         if item is not None:
             self._check_resumable(item, spec)
 
@@ -146,6 +162,7 @@ class ClusterManager:
 
         # 1. registry item first: from here on, a crash leaves something create can resume
         self.registry.ensure_table()
+        self._table = True
         if item is None:
             self.registry.create_cluster(spec.name, spec.to_json(), status="creating")
             item = {}
@@ -260,7 +277,7 @@ class ClusterManager:
     def _ready_cluster(self, name: str) -> tuple[dict, ClusterSpec]:
         validate_name(name)
         self._preflight()
-        item = self.registry.require_cluster(name)
+        item = self._require(name)
         if item.get("status") != "ready":
             raise UserError(f"cluster {name!r} is {item.get('status')}",
                             f"finish it first: re-run 'ec2mpi create {name}' or 'ec2mpi destroy {name}'")
@@ -321,7 +338,7 @@ class ClusterManager:
     def status(self, name: str, with_cost: bool = True) -> ClusterStatus:
         validate_name(name)
         self._preflight()
-        item = self.registry.require_cluster(name)
+        item = self._require(name)
         spec = ClusterSpec.from_json(item["spec"])
         master = item.get("master")
         fleet = Fleet(self.aws, name)
@@ -366,7 +383,7 @@ class ClusterManager:
     def cost(self, name: str) -> CostEstimate:
         validate_name(name)
         self._preflight()
-        self.registry.require_cluster(name)
+        self._require(name)
         fleet = Fleet(self.aws, name)
         live = [i for i in fleet.instances(states=("pending", "running"))]
         return self._price([(i.instance_type, i.lifecycle) for i in live])
@@ -385,7 +402,7 @@ class ClusterManager:
         spot = Fleet(self.aws, "x").spot_prices(spot_types) if spot_types else {}
         if spot_types:
             sources.append("spot: EC2 spot price history")
-        od, od_source = on_demand_prices(self.aws, self.aws.region, od_types) if od_types else ({}, "")
+        od, od_source = on_demand_prices(self.aws, self._preflight(), od_types) if od_types else ({}, "")
         if od_types:
             sources.append(f"on-demand: {od_source}")
         est = CostEstimate(0.0, source="; ".join(sources) or "no running nodes")
@@ -402,7 +419,7 @@ class ClusterManager:
         """Open MPI hostfile of the ready nodes, master first."""
         validate_name(name)
         self._preflight()
-        item = self.registry.require_cluster(name)
+        item = self._require(name)
         master = item.get("master")
         nodes = [n for n in self.registry.nodes(name) if n.state == "ready"]
         nodes.sort(key=lambda n: (n.instance_id != master, tuple(int(x) for x in n.private_ip.split(".")
@@ -413,7 +430,7 @@ class ClusterManager:
         """The cluster's ClusterKeys (identity + host key) from the key store, for client SSH."""
         validate_name(name)
         self._preflight()
-        self.registry.require_cluster(name)
+        self._require(name)
         return self.keystore.get_keys(name)
 
     def console_output(self, name: str, instance_id: str) -> str:
@@ -430,7 +447,7 @@ class ClusterManager:
         validate_name(name)
         self._preflight()
         fleet = Fleet(self.aws, name)
-        item = self.registry.get_cluster(name) if self.registry.table_exists() else None
+        item = self.registry.get_cluster(name) if self._table_exists() else None
         instances = fleet.instances()
         if item is None and not instances and not self._anything_left(name, fleet):
             raise UserError(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
@@ -454,7 +471,7 @@ class ClusterManager:
         done(5, "security group", fleet.delete_security_group())
         done(6, "iam", NodeRole(self.aws, name).delete())
         done(7, "s3 objects", self.keystore.delete_prefix(name))
-        if self.registry.table_exists() and self.registry.get_cluster(name) is not None:
+        if self._table_exists() and self.registry.get_cluster(name) is not None:
             n = self.registry.delete_cluster(name)
             done(8, "registry items", [f"{n} item(s)"])
         report.leftovers = self.leftovers(name)
@@ -488,6 +505,6 @@ class ClusterManager:
             left.append(f"efs/{fs['FileSystemId']}")
         if self.keystore.exists():
             left += [f"s3://{self.keystore.bucket}/{k}" for k in self.keystore.list(name)]
-        if self.registry.table_exists() and self.registry.get_cluster(name) is not None:
+        if self._table_exists() and self.registry.get_cluster(name) is not None:
             left.append(f"registry/{name}")
         return left

@@ -22,6 +22,13 @@ from ec2mpi.errors import UserError, WaitTimeout
 CIDR = "203.0.113.7/32"
 
 
+@pytest.fixture(scope="module")
+def aws(controlplane):
+    """One AwsSession for the module: loading botocore's service models per test is the slow part."""
+    from ec2mpi.aws.session import AwsSession
+    return AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+
+
 def manager(aws, progress=None):
     mgr = ClusterManager(aws, progress=progress)
     mgr.poll_interval = 0.1
@@ -212,10 +219,8 @@ def test_destroy_sweeps_a_half_created_cluster_without_registry_item(aws, cluste
 
 
 @pytest.fixture(scope="module")
-def built(controlplane, tmp_path_factory):
+def built(aws):
     """One s3fs cluster to read its hardening back from (module-scoped: creation is the slow part)."""
-    from ec2mpi.aws.session import AwsSession
-    aws = AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
     name = "hard" + str(int(time.time() * 1000))[-8:]
     manager(aws).create(ClusterSpec(name, nodes=2, ssh_cidr=CIDR, storage="s3fs"), wait=False)
     yield aws, name

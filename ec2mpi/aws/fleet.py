@@ -211,7 +211,7 @@ class Fleet:
         """A cluster placement group, or None (with a warning) where the endpoint lacks them."""
         name = self.names.placement_group
         try:
-            self.session.client("ec2", max_attempts=2).create_placement_group(GroupName=name, Strategy="cluster",
+            self.session.client("ec2", max_attempts=1).create_placement_group(GroupName=name, Strategy="cluster",
                                             TagSpecifications=[{"ResourceType": "placement-group",
                                                                 "Tags": cluster_tags(self.cluster)}])
             return name
@@ -230,7 +230,7 @@ class Fleet:
 
     def delete_placement_group(self) -> list[str]:
         try:
-            groups = self.session.client("ec2", max_attempts=2).describe_placement_groups(
+            groups = self.session.client("ec2", max_attempts=1).describe_placement_groups(
                 Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}])["PlacementGroups"]
         except (ClientError, BotoCoreError, ResponseParserError):
             return []  # the endpoint has no placement groups, so we made none

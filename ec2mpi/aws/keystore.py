@@ -29,11 +29,15 @@ class KeyStore:
         self.session = session
         self.s3 = session.client("s3")
         self.bucket = bucket or bucket_name(session.account_id(), session.region)
+        self._exists = False
 
     # -- bucket -----------------------------------------------------------------
     def exists(self) -> bool:
+        if self._exists:
+            return True       # buckets are not deleted by ec2mpi: once seen, it stays
         try:
             self.s3.head_bucket(Bucket=self.bucket)
+            self._exists = True
             return True
         except ClientError as err:
             if err.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
@@ -52,6 +56,7 @@ class KeyStore:
             if err.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                 raise explain_client_error("s3:CreateBucket", err) from None
         self.harden()
+        self._exists = True
         return True
 
     def harden(self) -> None:

@@ -22,7 +22,7 @@ STATIC_SOURCE = "static us-east-1 list prices (Pricing API unavailable)"
 
 def on_demand_prices(session: AwsSession, region: str, types) -> tuple[dict, str]:
     """(type -> USD/hour, source). Types the API and the table do not know are left out."""
-    client = session.client("pricing", max_attempts=2)
+    client = session.client("pricing", max_attempts=1)
     prices = {}
     try:
         for itype in types:

@@ -87,7 +87,7 @@ class AwsSession:
             key = service if max_attempts is None else f"{service}#{max_attempts}"
             client = self._clients.get(key)
             if client is None:
-                retries = _RETRIES if max_attempts is None else {"mode": "standard", "max_attempts": max_attempts}
+                retries = _RETRIES if max_attempts is None else {"mode": "standard", "total_max_attempts": max_attempts}
                 kwargs = {"config": Config(retries=retries, connect_timeout=10, read_timeout=60)}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url

@@ -6,10 +6,14 @@ from ..errors import explain_client_error
 from .session import AwsSession, ClientError
 
 
-def tagged_resources(session: AwsSession, cluster: str) -> list[str]:
+# The services whose resources ec2mpi tags (IAM and S3 objects are checked directly).
+SERVICES = ["ec2", "elasticfilesystem"]
+
+
+def tagged_resources(session: AwsSession, cluster: str, services=SERVICES) -> list[str]:
     """ARNs of resources tagged ec2mpi:cluster=NAME (as the tagging API sees them)."""
     client = session.client("resourcegroupstaggingapi")
-    arns, kwargs = [], {}
+    arns, kwargs = [], {"ResourceTypeFilters": list(services)} if services else {}
     while True:
         try:
             resp = client.get_resources(TagFilters=[{"Key": TAG_CLUSTER, "Values": [cluster]}], **kwargs)
