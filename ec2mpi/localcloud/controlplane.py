@@ -248,7 +248,10 @@ def serve(host: str, state_dir: Path) -> None:
 
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
 
-    stopped.wait()
+    parent = os.getppid()
+    while not stopped.wait(1.0):  # an orphan (its owner died without stop()) leaves too
+        if os.getppid() != parent:
+            break
     stoppers = [threading.Thread(target=srv.shutdown) for srv in (https, http)]  # in parallel
     for t in stoppers:
         t.start()

@@ -33,6 +33,9 @@ from . import nodes
 
 REGION = "us-east-1"
 DEFAULT_STATE = "/var/lib/ec2mpi-local"
+# One local cloud per machine: it owns the bridge and the 172.31.0.0/16 addresses.
+OWNER = Path("/run/ec2mpi-local.json")      # /run: gone after a reboot, like the cloud
+MACHINE_LOCK = Path("/run/ec2mpi-local.lock")
 POLL = 0.25            # how often the node runner looks at moto's instances (s)
 TERM_GRACE = 3.0       # SIGTERM -> SIGKILL on instance termination, like a shutdown
 log = logging.getLogger("ec2mpi.localcloud")
@@ -93,6 +96,22 @@ def _daemon_alive(pid: int) -> bool:
         return False
 
 
+def _live_owner() -> dict | None:
+    """The machine's running local cloud ({state_dir, pid}), if any."""
+    try:
+        owner = json.loads(OWNER.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if _daemon_alive(owner.get("pid", -1)) else None
+
+
+def _refuse_foreign(state: Path) -> None:
+    owner = _live_owner()
+    if owner and Path(owner["state_dir"]) != state:
+        raise UserError(f"another local cloud runs on this machine (state {owner['state_dir']}, pid {owner['pid']})",
+                        f"stop it first: EC2MPI_LOCAL_STATE={owner['state_dir']} ec2mpi --local local down")
+
+
 def ensure_up(progress=None) -> LocalCloudInfo:
     """Start the local cloud unless it already runs; return how to reach it.
 
@@ -105,7 +124,8 @@ def ensure_up(progress=None) -> LocalCloudInfo:
         report(next(steps), 4, message)
     require_root()
     state = state_dir()
-    with _lock(state / "lock"):
+    with _lock(MACHINE_LOCK):
+        _refuse_foreign(state)
         info = _read_info(state)
         if info and _daemon_alive(info.pid):
             return info
@@ -124,6 +144,7 @@ def ensure_up(progress=None) -> LocalCloudInfo:
         while time.monotonic() < deadline:
             info = _read_info(state)
             if info and info.pid == proc.pid:
+                OWNER.write_text(json.dumps({"state_dir": str(state), "pid": proc.pid}))
                 return info
             if proc.poll() is not None:
                 raise CloudError(f"the local cloud failed to start (exit {proc.returncode})",
@@ -147,7 +168,8 @@ def down(timeout: float = 60.0) -> bool:
     """Stop the daemon (which tears down every node) and clean the state. True if it was up."""
     require_root()
     state = state_dir()
-    with _lock(state / "lock"):
+    with _lock(MACHINE_LOCK):
+        _refuse_foreign(state)
         info = _read_info(state)
         was_up = bool(info and _daemon_alive(info.pid))
         if was_up:
@@ -156,6 +178,7 @@ def down(timeout: float = 60.0) -> bool:
             while _daemon_alive(info.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
         cleanup(state)
+        OWNER.unlink(missing_ok=True)
         return was_up
 
 
@@ -196,7 +219,10 @@ def kill(instance_id: str) -> None:
 
 
 def cleanup(state: Path) -> None:
-    """Remove everything a local cloud (live or stale) left: nodes, control plane, bridge."""
+    """Remove everything a local cloud (live or stale) left: nodes, control plane, bridge.
+
+    Callers hold MACHINE_LOCK and have checked that no other live cloud owns the machine.
+    """
     for iid in nodes.list_netns():
         nodes.destroy(iid, state / "nodes")
     cp_info = state / "controlplane" / "controlplane.json"
