@@ -16,7 +16,7 @@ from conftest import have_root_namespaces
 WHY = have_root_namespaces()
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-STATE = "/var/lib/ec2mpi-test"
+STATE = ""  # the local cloud's state dir, set by local_env
 
 
 def cli(*args, check=True, timeout=300, env=None):
@@ -58,26 +58,28 @@ def nodes_of(cluster):
 
 @pytest.fixture(scope="module", autouse=True)
 def local_env(tmp_path_factory):
-    """A local cloud of its own (separate state dir), torn down at the end."""
-    saved = {k: os.environ.get(k) for k in ("EC2MPI_LOCAL_STATE", "EC2MPI_CONFIG_DIR")}
-    os.environ["EC2MPI_LOCAL_STATE"] = STATE
+    """The machine's local cloud (a singleton); left as it was found."""
+    saved = os.environ.get("EC2MPI_CONFIG_DIR")
     os.environ["EC2MPI_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
+    was_up = cli_json("local", "status").get("up", False)
     cli("local", "up", timeout=600)
+    global STATE
+    STATE = cli_json("local", "status")["state_dir"]
     yield
-    cli("local", "down", check=False)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    if not was_up:
+        cli("local", "down", check=False)
+    if saved is None:
+        os.environ.pop("EC2MPI_CONFIG_DIR", None)
+    else:
+        os.environ["EC2MPI_CONFIG_DIR"] = saved
 
 
 @pytest.fixture(scope="module")
 def demo():
     """A 3-node cluster with (emulated) EFS, shared by the sequence below."""
-    cli("create", "demo", "--nodes", "3", "--storage", "efs", "--yes", timeout=300)
-    yield "demo"
-    cli("destroy", "demo", "--yes", check=False)
+    cli("create", "e2e-demo", "--nodes", "3", "--storage", "efs", "--yes", timeout=300)
+    yield "e2e-demo"
+    cli("destroy", "e2e-demo", "--yes", check=False)
 
 
 def test_mpirun_runs_ranks_on_distinct_hostnames(demo):
@@ -133,17 +135,17 @@ def test_killed_node_is_reported_lost(demo):
 
 
 def test_s3fs_shared_storage_is_real_s3fs_against_the_control_plane():
-    cli("create", "s3demo", "--nodes", "2", "--storage", "s3fs", "--yes", timeout=300)
+    cli("create", "e2e-s3", "--nodes", "2", "--storage", "s3fs", "--yes", timeout=300)
     try:
-        workers = [n for n in nodes_of("s3demo") if n["role"] == "worker"]
-        on_node("s3demo", workers[0]["instance_id"], "echo via-s3fs > /shared/s3-probe.txt && sync")
-        out = wait_for(lambda: on_node("s3demo", "master", "cat /shared/s3-probe.txt", check=False).stdout.strip(),
+        workers = [n for n in nodes_of("e2e-s3") if n["role"] == "worker"]
+        on_node("e2e-s3", workers[0]["instance_id"], "echo via-s3fs > /shared/s3-probe.txt && sync")
+        out = wait_for(lambda: on_node("e2e-s3", "master", "cat /shared/s3-probe.txt", check=False).stdout.strip(),
                        15, what="the file to appear on the master through s3fs")
         assert out == "via-s3fs"
-        mounts = on_node("s3demo", "master", "grep ' /shared ' /proc/mounts").stdout
+        mounts = on_node("e2e-s3", "master", "grep ' /shared ' /proc/mounts").stdout
         assert "fuse.s3fs" in mounts
     finally:
-        cli("destroy", "s3demo", "--yes", check=False)
+        cli("destroy", "e2e-s3", "--yes", check=False)
 
 
 def test_destroy_leaves_nothing_behind(demo):
@@ -161,3 +163,12 @@ def test_destroy_leaves_nothing_behind(demo):
     assert not any(Path(STATE, "nodes", i).exists() for i in ids)
     listed = cli_json("list")
     assert demo not in json.dumps(listed)
+    from ec2mpi.localcloud import server
+    aws = server.session(server.ensure_up())
+    tagged = aws.client("resourcegroupstaggingapi").get_resources(
+        TagFilters=[{"Key": "ec2mpi:cluster", "Values": [demo]}])["ResourceTagMappingList"]
+    assert tagged == []
+    running = aws.client("ec2").describe_instances(Filters=[
+        {"Name": "tag:ec2mpi:cluster", "Values": [demo]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
+    assert running == []
