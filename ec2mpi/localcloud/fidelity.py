@@ -43,6 +43,10 @@ What is patched, and why (moto 5.2.1 source references):
    writes, UpdateItem ADD and TransactWriteItems; moto's backend is plain Python under a
    threaded server. `RequestContextMiddleware` runs every DynamoDB request (X-Amz-Target
    `DynamoDB_*`) under one lock, which makes each request atomic w.r.t. the others.
+   TransactWriteItems is idempotent on AWS for 10 minutes per ClientRequestToken (botocore
+   fills one in and keeps it across retries); moto applied a retried transaction twice
+   (seen under load: a read timeout, a retry, an epoch bumped by 2). We replay the first
+   answer for a token we have seen.
 
 4. EC2 Fleet instance profiles (moto/ec2/models/fleets.py Fleet.create_*_requests): moto
    reads `IamInstanceProfile` from the launch template but never gives it to the
@@ -85,19 +89,60 @@ class RequestContextMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         token = _request_context.set({"aws:SecureTransport": "true" if self.secure else "false"})
         try:
-            if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            target = environ.get("HTTP_X_AMZ_TARGET", "")
+            if target.startswith("DynamoDB_"):
                 with _DYNAMODB_LOCK:
+                    if target.endswith(".TransactWriteItems"):
+                        return _idempotent_transaction(self.app, environ, start_response)
                     # Consume the (already materialized) response under the lock, so that
                     # no backend work can escape it.
-                    body = self.app(environ, start_response)
-                    try:
-                        return list(body)
-                    finally:
-                        if hasattr(body, "close"):
-                            body.close()
+                    return _consume(self.app(environ, start_response))
             return self.app(environ, start_response)
         finally:
             _request_context.reset(token)
+
+
+def _consume(body: Iterable[bytes]) -> list[bytes]:
+    try:
+        return list(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+
+
+_TRANSACTIONS: dict[str, tuple[float, str, list, list[bytes]]] = {}  # token -> (time, status, headers, body)
+_TOKEN_TTL = 600.0
+
+
+def _idempotent_transaction(app: Callable, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+    """TransactWriteItems with AWS's ClientRequestToken semantics (caller holds the lock)."""
+    import io
+    import json
+    import time
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(raw)
+    try:
+        token = json.loads(raw or b"{}").get("ClientRequestToken")
+    except ValueError:
+        token = None
+    now = time.monotonic()
+    for old in [t for t, v in _TRANSACTIONS.items() if now - v[0] > _TOKEN_TTL]:
+        del _TRANSACTIONS[old]
+    if token and token in _TRANSACTIONS:
+        _, status, headers, body = _TRANSACTIONS[token]
+        start_response(status, headers)
+        return body
+    captured = {}
+
+    def capture(status, headers, exc_info=None):
+        captured.update(status=status, headers=list(headers))
+        return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+    body = _consume(app(environ, capture))
+    if token and captured.get("status", "").startswith("200"):
+        _TRANSACTIONS[token] = (now, captured["status"], captured["headers"], body)
+    return body
 
 
 # --------------------------------------------------------------------------- conditions
