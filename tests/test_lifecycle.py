@@ -143,6 +143,7 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
     mgr = manager(aws)
     mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
     ids = live_ids(aws, cluster_name)
+    assert Registry(aws).get_cluster(cluster_name)["master"] == ids[0]     # launch order, oldest first
     play_agents(aws, cluster_name, ids[:1])
     with pytest.raises(WaitTimeout) as err:
         mgr._wait(cluster_name, ids, timeout=0.5)
@@ -153,7 +154,16 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
         mgr.add_nodes(cluster_name, 1, wait=True, timeout=0.3)
     new = [i for i in live_ids(aws, cluster_name) if i not in ids]
     assert len(new) == 1 and new[0] in str(err.value)
-    mgr.destroy(cluster_name)
+    # status joins the registry with EC2: unregistered -> pending, instance gone -> lost
+    Registry(aws).put_node(cluster_name, Node("i-0000000000000dead", "worker", "172.31.9.9", "gone", 2))
+    st = mgr.status(cluster_name)
+    states = {n.instance_id: n.state for n in st.nodes}
+    assert states == {ids[0]: "ready", ids[1]: "pending", new[0]: "pending", "i-0000000000000dead": "lost"}
+    assert st.nodes[0].instance_id == ids[0] and st.nodes[0].heartbeat_age is not None
+    assert isinstance(mgr.console_output(cluster_name, ids[0]), str)
+    with pytest.raises(UserError, match="not a node"):
+        mgr.console_output(cluster_name, "i-0000000000000dead")
+    assert mgr.destroy(cluster_name).leftovers == []
 
 
 class Crash(KeyboardInterrupt):

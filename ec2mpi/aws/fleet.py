@@ -44,8 +44,20 @@ class Instance:
                    {t["Key"]: t["Value"] for t in d.get("Tags", [])})
 
 
+def _ip_key(ip: str) -> tuple:
+    """Numeric order for addresses: 172.31.0.9 before 172.31.0.10."""
+    return tuple(int(x) for x in ip.split(".") if x.isdigit())
+
+
 def _code(err: ClientError) -> str:
     return err.response["Error"]["Code"]
+
+
+PROFILE_RETRIES = 6   # IAM is eventually consistent: a fresh instance profile may be unknown to EC2 for seconds
+
+
+def _profile_not_ready(code: str, message: str) -> bool:
+    return code == "InvalidParameterValue" and "iam instance profile" in message.lower()
 
 
 class _Refusal:
@@ -256,7 +268,7 @@ class Fleet:
             if _code(err) == "InvalidInstanceID.NotFound":
                 return []
             raise explain_client_error("ec2:DescribeInstances", err) from None
-        return sorted(out, key=lambda i: (i.launch_time, i.private_ip, i.instance_id))
+        return sorted(out, key=lambda i: (i.launch_time, _ip_key(i.private_ip), i.instance_id))
 
     def launch(self, lt_id: str, count: int, token: str, instance_types, subnets: list[dict],
                spot: bool = True, role: str = "worker", placement_group: str | None = None) -> list[str]:
@@ -294,14 +306,25 @@ class Fleet:
             kwargs["SpotOptions"] = {"AllocationStrategy": "capacity-optimized"}
         else:
             kwargs["OnDemandOptions"] = {"AllocationStrategy": "lowest-price"}
-        try:
-            resp = self.ec2.create_fleet(**kwargs)
-        except ClientError as err:
-            raise explain_client_error("ec2:CreateFleet", err) from None
-        new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
+        for attempt in range(PROFILE_RETRIES):
+            try:
+                resp = self.ec2.create_fleet(**kwargs)
+            except ClientError as err:
+                if _profile_not_ready(_code(err), err.response["Error"].get("Message", "")) \
+                        and attempt < PROFILE_RETRIES - 1:
+                    time.sleep(min(8.0, 1.0 * 2 ** attempt))
+                    continue
+                raise explain_client_error("ec2:CreateFleet", err) from None
+            new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
+            errors = resp.get("Errors") or []
+            if new or not any(_profile_not_ready(e.get("ErrorCode", ""), e.get("ErrorMessage", "")) for e in errors) \
+                    or attempt == PROFILE_RETRIES - 1:
+                break
+            time.sleep(min(8.0, 1.0 * 2 ** attempt))   # IAM not yet visible to EC2: nothing launched
+            kwargs["ClientToken"] = f"{token}-{len(have)}-{attempt + 1}"[:64]
         if len(new) < missing:
-            errors = resp.get("Errors") or [{"ErrorCode": "InsufficientInstanceCapacity",
-                                             "ErrorMessage": f"launched {len(new)} of {missing}"}]
+            errors = errors or [{"ErrorCode": "InsufficientInstanceCapacity",
+                                 "ErrorMessage": f"launched {len(new)} of {missing}"}]
             e = errors[0]
             raise explain_client_error("ec2:CreateFleet", _Refusal(e.get("ErrorCode", "?"), e.get("ErrorMessage", "")))
         return [i.instance_id for i in have] + new
