@@ -311,7 +311,15 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 1
-    except Exception as exc:  # a bug: say so in one line, traceback only with -v
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("botocore", "boto3", "urllib3"):
+            # the network or the endpoint failed below the adapters: an AWS failure, not a bug
+            if args.verbose:
+                traceback.print_exc(file=ctx.err)
+            ctx.say(f"ec2mpi: error: AWS call failed: {type(exc).__name__}: {exc}; "
+                    "check your network and region (or the endpoint), then retry")
+            return 1
+        # anything else is a bug: say so in one line, traceback only with -v
         if args.verbose:
             traceback.print_exc(file=ctx.err)
         ctx.say(f"ec2mpi: internal error: {type(exc).__name__}: {exc}"
@@ -467,7 +475,7 @@ def cmd_create(ctx: Context, a) -> Result:
     if a.local:
         _ = ctx.aws  # bring the local cloud up first: it fixes the region and the SSH range
     spec = spec_from_args(a, template, defaults, ctx.local_info if a.local else None)
-    bar = ctx.progress(f"create {spec.name}: nodes ready")
+    bar = ctx.progress(f"create {spec.name}")
     try:
         status = ctx.manager(progress=bar).create(spec, wait=not a.no_wait, timeout=a.timeout)
     finally:
@@ -478,7 +486,7 @@ def cmd_create(ctx: Context, a) -> Result:
 
 def cmd_add_nodes(ctx, a) -> Result:
     name = ctx.cluster_name()
-    bar = ctx.progress(f"add-nodes {name}: new nodes ready")
+    bar = ctx.progress(f"add-nodes {name}")
     try:
         added = ctx.manager(progress=bar).add_nodes(name, a.count, wait=not a.no_wait, timeout=a.timeout)
     finally:
@@ -556,13 +564,14 @@ def cmd_destroy(ctx, a) -> Result:
     try:
         st = mgr.status(name)
         what = (f"cluster {name}: {len(st.nodes)} node(s) ({output.lifecycle_mix(st.nodes)}), "
-                f"its {st.spec.storage} storage and everything tagged with it, saving about "
+                f"{'no shared storage' if st.spec.storage == 'none' else 'its ' + st.spec.storage + ' storage'} "
+                f"and everything tagged with it, saving about "
                 f"{output.money(st.cost.per_hour if st.cost else per_hour_of(st.nodes, None))}")
     except Ec2mpiError:  # half-made or already partly gone: destroy still sweeps by tag
         what = f"everything tagged as cluster {name}"
     if not ctx.confirm(f"destroy {what}?"):
         return Result(text="nothing destroyed")
-    bar = ctx.progress(f"destroy {name}: nodes gone")
+    bar = ctx.progress(f"destroy {name}")
     try:
         report = ctx.manager(progress=bar).destroy(name)
     finally:

@@ -1,0 +1,88 @@
+"""The real `ec2mpi` binary in a pseudo-terminal (pexpect): the shell as a user meets it."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect is in the test extra: pip install pexpect")
+
+from test_cli import local_cloud_missing, manager_missing  # noqa: E402
+
+EXE = Path(sys.executable).with_name("ec2mpi")
+PROMPT = r"ec2mpi[^\n]*\((aws|local)\)[^\n]*>"
+
+
+def spawn(tmp_path, *args, timeout=30):
+    env = dict(os.environ, EC2MPI_CONFIG_DIR=str(tmp_path / "config"), TERM="xterm", COLUMNS="160", LINES="40")
+    cmd = str(EXE) if EXE.exists() else sys.executable
+    argv = list(args) if EXE.exists() else ["-m", "ec2mpi.cli", *args]
+    child = pexpect.spawn(cmd, argv, env=env, encoding="utf-8", timeout=timeout, dimensions=(40, 160))
+    child.logfile_read = open(tmp_path / "pty.log", "w")
+    return child
+
+
+def leave(child):
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    return child.exitstatus
+
+
+def test_shell_starts_on_a_terminal_runs_commands_and_leaves(controlplane, tmp_path):
+    child = spawn(tmp_path)
+    child.expect("ec2mpi shell")
+    child.expect("\x1b\\[6n")           # prompt_toolkit asks where the cursor is: answer like a terminal,
+    child.send("\x1b[1;1R")             # so it knows the screen height and draws the bottom toolbar
+    child.expect(PROMPT)
+    child.expect(r"loading cluster state|no cluster selected|\d+/\d+ ready|help: commands")
+    child.sendline("help")
+    child.expect("commands \\(help COMMAND for details\\)")
+    child.expect(PROMPT)
+    child.sendline("create demo --nodes 0")
+    child.expect("node count must be at least 1")
+    child.expect(PROMPT)            # the error did not end the shell
+    child.sendcontrol("c")          # Ctrl-C on an empty line: still here
+    child.expect(PROMPT)
+    assert leave(child) == 0
+    assert "help" in (tmp_path / "config" / "history").read_text()
+
+
+@pytest.mark.skipif(bool(manager_missing()), reason=manager_missing() or "ok")
+def test_destroy_asks_naming_what_goes(controlplane, cluster_name, tmp_path):
+    child = spawn(tmp_path, timeout=120)
+    child.expect(PROMPT)
+    child.sendline(f"create {cluster_name} --nodes 2 --storage none --ssh-cidr 127.0.0.1/32 --no-wait")
+    child.expect(f"cluster {cluster_name}:")
+    child.expect(PROMPT)
+    child.sendline(f"destroy {cluster_name}")
+    child.expect(f"destroy cluster {cluster_name}: 2 node\\(s\\).*saving about .*\\[y/N\\]")
+    child.sendline("n")
+    child.expect("nothing destroyed")
+    child.expect(PROMPT)
+    child.sendline(f"destroy {cluster_name}")
+    child.expect("\\[y/N\\]")
+    child.sendline("y")
+    child.expect(f"destroyed cluster {cluster_name}")
+    child.expect(PROMPT)
+    assert leave(child) == 0
+
+
+@pytest.mark.skipif(bool(local_cloud_missing()), reason=local_cloud_missing() or "ok")
+def test_create_status_destroy_on_the_local_cloud(cluster_name, tmp_path):
+    """The issue's end-to-end: `ec2mpi --local` in a terminal, create, status, destroy."""
+    child = spawn(tmp_path, "--local", timeout=900)
+    child.expect(PROMPT)
+    child.sendline(f"create {cluster_name} --nodes 2 --storage none -t c6i.large")
+    child.expect(f"cluster {cluster_name}: ready, 2/2 nodes ready", timeout=900)
+    child.expect(PROMPT)
+    child.sendline("status")
+    child.expect(f"cluster {cluster_name}: .*2/2 nodes ready")
+    child.expect("master .* ready")
+    child.expect(PROMPT)
+    child.sendline(f"destroy {cluster_name}")
+    child.expect("\\[y/N\\]")
+    child.sendline("y")
+    child.expect(f"destroyed cluster {cluster_name}", timeout=600)
+    child.expect(PROMPT)
+    assert leave(child) == 0
