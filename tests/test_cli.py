@@ -406,6 +406,29 @@ def test_binary_in_a_subprocess(controlplane, cluster_name, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@needs_manager
+def test_ctrl_c_during_a_wait_stops_waiting_and_leaves_a_consistent_cluster(controlplane, cluster_name):
+    """On moto nodes never become ready, so create waits until we interrupt it."""
+    import signal
+    exe = Path(sys.executable).with_name("ec2mpi")
+    proc = subprocess.Popen([str(exe), "create", cluster_name, "--storage", "none", "--ssh-cidr", "127.0.0.1/32",
+                             "--timeout", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()          # the progress bar has started
+        assert cluster_name in first
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "stopped waiting" in err and "status" in err and "Traceback" not in err
+    st = run_binary("--json", "status", "-c", cluster_name)
+    assert st.returncode == 0 and json.loads(st.stdout)["name"] == cluster_name
+    assert run_binary("--yes", "destroy", cluster_name).returncode == 0
+
+
 def test_binary_bad_input_and_help():
     proc = run_binary("create", "demo", "--nodes", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
