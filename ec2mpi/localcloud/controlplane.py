@@ -95,7 +95,7 @@ def ensure_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
         if (ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers()
-                or ca_cert.not_valid_after_utc < now + datetime.timedelta(days=30)):
+                or _not_after(ca_cert) < now + datetime.timedelta(days=30)):
             ca_key = ca_cert = None  # torn write or about to expire: start a new CA
     if ca_cert is None:
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -142,6 +142,12 @@ def ensure_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
                                               serialization.NoEncryption()), 0o600)
     _write_atomic(cert_path, cert.public_bytes(pem) + ca_cert.public_bytes(pem))  # full chain
     return ca_cert_path, cert_path, key_path
+
+
+def _not_after(cert) -> datetime.datetime:
+    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
+        return cert.not_valid_after_utc
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
 def _is_ip(h: str) -> bool:
