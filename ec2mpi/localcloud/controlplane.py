@@ -11,7 +11,8 @@ dir) is created on first start and reused afterwards, so `ca.pem` stays valid fo
 life of the state dir. Each start issues a fresh server certificate from it (SANs: the
 bind IP, 127.0.0.1, ::1, localhost). Both listeners serve ONE moto WSGI app, wrapped by
 `fidelity.RequestContextMiddleware` (which tells bucket policies whether the request
-came over TLS); `fidelity.apply()` patches moto in this process only.
+came over TLS); `fidelity.apply()` and `fidelity.backend_app_factory` patch moto in
+this process only.
 """
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ def serve(host: str, state_dir: Path) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_path, key_path)
 
-    dispatcher = DomainDispatcherApplication(create_backend_app)  # ONE app: same backends
+    create_app = fidelity.backend_app_factory(create_backend_app)
+    dispatcher = DomainDispatcherApplication(create_app)  # ONE app: same backends
     https = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=True), threaded=True)
     http = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=False), threaded=True)
     # TLS is set up per connection in the request's own thread (not in accept(), where
@@ -246,7 +248,7 @@ def serve(host: str, state_dir: Path) -> None:
     def warm_up():
         for service in WARM_SERVICES:
             try:
-                app = create_backend_app(service)
+                app = create_app(service)
             except Exception:  # noqa: BLE001 - warm-up is an optimisation only
                 continue
             with dispatcher.lock:

@@ -52,6 +52,7 @@ What is patched, and why (moto 5.2.1 source references):
    reads `IamInstanceProfile` from the launch template but never gives it to the
    instances it launches, so nodes had no role and no credentials. AWS attaches the
    template's profile to every instance; we associate it after each fleet launch.
+   Applied by `backend_app_factory` when the EC2 app is first built (lazily, see there).
 """
 from __future__ import annotations
 
@@ -270,29 +271,51 @@ def apply() -> None:
         return response
 
     S3Response._key_response = _key_response
-
-    # 4. Fleet instances carry their launch template's instance profile.
-    from moto.ec2.models.fleets import Fleet
-
-    def _attach_profiles(fleet) -> None:
-        launched = [(r.instance, r.launch_spec) for r in fleet.spot_requests if getattr(r, "instance", None)]
-        launched += [(d["instance"], d["launch_spec"]) for d in fleet.on_demand_instances]
-        for instance, spec in launched:
-            profile = getattr(spec, "iam_instance_profile", None) or {}
-            if isinstance(profile.get("Arn"), dict):  # moto wraps the template's {"Arn"|"Name": ...} again
-                profile = profile["Arn"]
-            if profile and instance.id not in fleet.ec2_backend.iam_instance_profile_associations:
-                fleet.ec2_backend.associate_iam_instance_profile(
-                    instance.id, iam_instance_profile_name=profile.get("Name"),
-                    iam_instance_profile_arn=profile.get("Arn"))
-
-    for method in ("create_spot_requests", "create_on_demand_requests"):
-        original = getattr(Fleet, method)
-
-        def launch_with_profiles(self, weight, _original=original):
-            result = _original(self, weight)
-            _attach_profiles(self)
-            return result
-
-        setattr(Fleet, method, launch_with_profiles)
     _applied = True
+
+
+_EC2_LOCK = threading.Lock()
+_ec2_applied = False
+
+
+def backend_app_factory(create_app: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap moto's per-service app factory so that a service's patches are applied when its
+    app is first built, before it serves any request. Lazy on purpose: importing moto.ec2
+    costs ~1.2 s, which the control plane should not pay before it reports ready."""
+    def create(service: str) -> Any:
+        if service == "ec2":
+            _apply_ec2()
+        return create_app(service)
+    return create
+
+
+def _apply_ec2() -> None:
+    global _ec2_applied
+    with _EC2_LOCK:
+        if _ec2_applied:
+            return
+        # 4. Fleet instances carry their launch template's instance profile.
+        from moto.ec2.models.fleets import Fleet
+
+        def _attach_profiles(fleet) -> None:
+            launched = [(r.instance, r.launch_spec) for r in fleet.spot_requests if getattr(r, "instance", None)]
+            launched += [(d["instance"], d["launch_spec"]) for d in fleet.on_demand_instances]
+            for instance, spec in launched:
+                profile = getattr(spec, "iam_instance_profile", None) or {}
+                if isinstance(profile.get("Arn"), dict):  # moto wraps the template's {"Arn"|"Name": ...} again
+                    profile = profile["Arn"]
+                if profile and instance.id not in fleet.ec2_backend.iam_instance_profile_associations:
+                    fleet.ec2_backend.associate_iam_instance_profile(
+                        instance.id, iam_instance_profile_name=profile.get("Name"),
+                        iam_instance_profile_arn=profile.get("Arn"))
+
+        for method in ("create_spot_requests", "create_on_demand_requests"):
+            original = getattr(Fleet, method)
+
+            def launch_with_profiles(self, weight, _original=original):
+                result = _original(self, weight)
+                _attach_profiles(self)
+                return result
+
+            setattr(Fleet, method, launch_with_profiles)
+        _ec2_applied = True
