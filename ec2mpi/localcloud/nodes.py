@@ -56,8 +56,31 @@ def run(*cmd: str, check: bool = True, quiet: bool = False) -> subprocess.Comple
     return res
 
 
+BLACKHOLE_METRIC = "65535"   # loses to the bridge's own route; wins when the bridge is gone
+
+
+def foreign_subnet_use() -> str:
+    """A route into our subnet that is not ours (e.g. a real VPC on this host), or ''."""
+    out = run("ip", "-o", "route", "show", "match", SUBNET.split("/")[0], check=False).stdout
+    for line in out.splitlines():
+        dest = line.split()[0]
+        if dest in (SUBNET, "blackhole") or dest == "default" or BRIDGE in line.split():
+            continue
+        return line.strip()
+    return ""
+
+
 def ensure_bridge() -> None:
-    """The private bridge with the gateway address, and the mount points nodes need."""
+    """The private bridge with the gateway address, and the mount points nodes need.
+
+    A blackhole route for the subnet guarantees that traffic to node addresses can never
+    leave through the host's own network, even if the bridge disappears.
+    """
+    conflict = foreign_subnet_use()
+    if conflict:
+        raise RuntimeError(f"this host already routes part of {SUBNET} ({conflict}); "
+                           "the local cloud needs that range for itself")
+    run("ip", "route", "replace", "blackhole", SUBNET, "metric", BLACKHOLE_METRIC)
     if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{GATEWAY}/{PREFIXLEN}", "dev", BRIDGE)
@@ -66,8 +89,15 @@ def ensure_bridge() -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def bridge_ready() -> bool:
+    """The bridge exists and holds the gateway address (else nothing may talk to it)."""
+    out = run("ip", "-o", "addr", "show", "dev", BRIDGE, check=False).stdout
+    return f" {GATEWAY}/{PREFIXLEN} " in out
+
+
 def delete_bridge() -> None:
     run("ip", "link", "del", BRIDGE, check=False)
+    run("ip", "route", "del", "blackhole", SUBNET, "metric", BLACKHOLE_METRIC, check=False)
 
 
 def netns_name(instance_id: str) -> str:

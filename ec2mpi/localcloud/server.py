@@ -127,8 +127,11 @@ def ensure_up(progress=None) -> LocalCloudInfo:
     with _lock(MACHINE_LOCK):
         _refuse_foreign(state)
         info = _read_info(state)
-        if info and _daemon_alive(info.pid):
+        if info and _daemon_alive(info.pid) and nodes.bridge_ready():
             return info
+        if info and _daemon_alive(info.pid):  # alive but its bridge is gone: unusable
+            progress("the local cloud lost its bridge; restarting it")
+            os.kill(info.pid, signal.SIGKILL)
         if info or nodes.list_netns() or (state / "nodes").exists():
             progress("cleaning a stale local cloud (left by a crash or a reboot)")
             cleanup(state)
@@ -283,7 +286,11 @@ class Daemon:
     def run(self) -> None:
         from .controlplane import start as start_controlplane
         from .imds import ImdsServer
-        nodes.ensure_bridge()
+        try:
+            nodes.ensure_bridge()
+        except RuntimeError as err:
+            log.error("%s", err)
+            sys.exit(2)
         self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY)
         self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
         info = LocalCloudInfo(endpoint=self.cp.endpoint, ca_path=self.cp.ca_path, region=REGION,
@@ -309,6 +316,9 @@ class Daemon:
         log.info("local cloud up: %s", info)
         last_gc = 0.0
         while not self.stopping.is_set():
+            if not nodes.bridge_ready():  # never talk to the gateway address off the bridge
+                log.error("bridge %s is gone; shutting down", nodes.BRIDGE)
+                break
             try:
                 self.reconcile()
                 self.handle_faults()
