@@ -186,7 +186,11 @@ def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float 
 def serve(host: str, state_dir: Path) -> None:
     import logging
 
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class KeepAliveHandler(WSGIRequestHandler):
+        """HTTP/1.1: clients reuse connections instead of a TLS handshake per request."""
+        protocol_version = "HTTP/1.1"
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -202,8 +206,10 @@ def serve(host: str, state_dir: Path) -> None:
 
     create_app = fidelity.backend_app_factory(create_backend_app)
     dispatcher = DomainDispatcherApplication(create_app)  # ONE app: same backends
-    https = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=True), threaded=True)
-    http = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=False), threaded=True)
+    https = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=True), threaded=True,
+                        request_handler=KeepAliveHandler)
+    http = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=False), threaded=True,
+                       request_handler=KeepAliveHandler)
     # TLS is set up per connection in the request's own thread (not in accept(), where
     # werkzeug would do it): a client that connects and stalls cannot block the listener.
     https.ssl_context = ctx  # werkzeug then reports wsgi.url_scheme=https and handles SSL errors
