@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # progress(done, total, message): called while waiting; must be cheap and never raise.
 Progress = Callable[[int, int, str], None]
 CREATE_STEPS = 9
+HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -> reported lost
 
 
 @dataclass
@@ -349,10 +350,10 @@ class ClusterManager:
         for n in self.registry.nodes(name):
             inst = instances.pop(n.instance_id, None)
             state = n.state
-            if inst is None:
-                state = "lost"
-            elif inst.state in ("shutting-down", "terminated"):
-                state = "terminated"
+            if inst is None or inst.state in ("shutting-down", "terminated"):
+                state = "lost"   # still a member in the registry, but its instance is gone
+            elif n.heartbeat and now - n.heartbeat > HEARTBEAT_LOST_AFTER:
+                state = "lost"   # running, but its agent stopped answering
             nodes.append(NodeStatus(
                 n.instance_id, "master" if n.instance_id == master else n.role,
                 n.instance_type or (inst.instance_type if inst else ""),
