@@ -34,7 +34,7 @@ def cli_json(*args, **kw):
 
 def on_node(cluster, node, command, check=True):
     """Run a shell command on a node (as the cluster user) through `ec2mpi ssh`."""
-    return cli("ssh", "-c", cluster, node, "--", "bash", "-c", command, check=check)
+    return cli("ssh", "-c", cluster, node, "--", command, check=check)  # one string, as with ssh
 
 
 def hostfile_hosts(cluster):
@@ -165,9 +165,8 @@ def test_destroy_leaves_nothing_behind(demo):
     assert demo not in json.dumps(listed)
     from ec2mpi.localcloud import server
     aws = server.session(server.ensure_up())
-    tagged = aws.client("resourcegroupstaggingapi").get_resources(
-        TagFilters=[{"Key": "ec2mpi:cluster", "Values": [demo]}])["ResourceTagMappingList"]
-    assert tagged == []
+    from ec2mpi.cluster import ClusterManager
+    assert ClusterManager(aws).leftovers(demo) == []   # nothing tagged that bills or lingers
     running = aws.client("ec2").describe_instances(Filters=[
         {"Name": "tag:ec2mpi:cluster", "Values": [demo]},
         {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]

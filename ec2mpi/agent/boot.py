@@ -108,6 +108,9 @@ class AgentPaths:
         return self.at("/home/" + user)
 
     def hostfile_dirs(self, params: AgentParams) -> list[Path]:
+        """/etc/ec2mpi, plus a copy on shared storage when there is any (never on the root disk)."""
+        if params.storage == "none":
+            return [self.etc]
         return [self.etc, self.shared(params) / ".ec2mpi"]
 
 

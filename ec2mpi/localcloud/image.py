@@ -64,7 +64,8 @@ def ensure_image(progress=lambda msg: None, work_dir: Path | None = None) -> boo
             wheel.unlink(missing_ok=True)
         STAMP.write_text(digest)
         changed = True
-    subprocess.run(["chmod", "-R", "a+rX", NODE_PREFIX], check=True)
+    if changed:
+        subprocess.run(["chmod", "-R", "a+rX", NODE_PREFIX], check=True)
     ensure_cluster_user()
     return changed
 

@@ -126,6 +126,8 @@ def ensure_up(progress=None) -> LocalCloudInfo:
     state = state_dir()
     with _lock(MACHINE_LOCK):
         _refuse_foreign(state)
+        from .image import ensure_image
+        ensure_image(progress, work_dir=state)  # new nodes always run exactly this client's build
         info = _read_info(state)
         if info and _daemon_alive(info.pid) and nodes.bridge_ready():
             return info
@@ -135,8 +137,6 @@ def ensure_up(progress=None) -> LocalCloudInfo:
         if info or nodes.list_netns() or (state / "nodes").exists():
             progress("cleaning a stale local cloud (left by a crash or a reboot)")
             cleanup(state)
-        from .image import ensure_image
-        ensure_image(progress, work_dir=state)
         progress("starting the local cloud (moto control plane, metadata service, node runner)")
         state.mkdir(parents=True, exist_ok=True)
         logf = open(state / "daemon.log", "ab")
@@ -261,7 +261,7 @@ elif kind == "s3fs":
     remote = "%s:/clusters/%s/shared" % (cfg["bucket"], cfg["cluster"])
     subprocess.run(["s3fs", remote, path, "-o", ",".join([
         "url=" + {endpoint!r}, "use_path_request_style", "passwd_file=" + {passwd!r},
-        "allow_other", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
+        "allow_other", "nonempty", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
         "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True)
 else:
     sys.exit("unknown storage kind " + kind)
