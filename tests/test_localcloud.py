@@ -156,8 +156,11 @@ def test_destroy_leaves_nothing_behind(demo):
     assert leftover_ns
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(i in netns for i in ids)
+    from ec2mpi.localcloud.nodes import veth_name
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert links.count("e2m") == len([n for n in cli_json("local", "status")["nodes"]])
+    assert not any(veth_name(i) in links for i in ids)
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert not any(i in mounts for i in ids)
     procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not any(f"{STATE}/nodes/{i}" in procs for i in ids)
     assert not any(Path(STATE, "nodes", i).exists() for i in ids)

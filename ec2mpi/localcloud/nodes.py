@@ -111,6 +111,11 @@ def list_netns() -> list[str]:
     return [n[len(NETNS_PREFIX):] for n in names if n.startswith(NETNS_PREFIX)]
 
 
+def veth_name(instance_id: str) -> str:
+    """The host end of a node's veth pair (interface names are at most 15 characters)."""
+    return "e2m" + hashlib.sha1(instance_id.encode()).hexdigest()[:10]
+
+
 def hostname_for(ip: str) -> str:
     """EC2's private DNS style: ip-172-31-0-4."""
     return "ip-" + ip.replace(".", "-")
@@ -124,7 +129,7 @@ class Node:
         self.hostname = hostname_for(ip)
         self.dir = Path(root) / instance_id
         self.netns = netns_name(instance_id)
-        self.veth = "e2m" + hashlib.sha1(instance_id.encode()).hexdigest()[:10]
+        self.veth = veth_name(instance_id)
         self.anchor: subprocess.Popen | None = None
 
     # -- life ---------------------------------------------------------------
@@ -206,22 +211,28 @@ class Node:
 def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
     """Tear a node down by id; safe on half-made or stale nodes."""
     netns = netns_name(instance_id)
-    pids = set()
-    res = run("ip", "netns", "pids", netns, check=False)
-    pids.update(int(p) for p in res.stdout.split() if p.isdigit())
     try:
-        pids.add(int((Path(root) / instance_id / "anchor.pid").read_text()))
+        anchor = {int((Path(root) / instance_id / "anchor.pid").read_text())}
     except (OSError, ValueError):
-        pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    run("ip", "netns", "del", netns, check=False)  # the host veth goes with it
+        anchor = set()
+    killed: set[int] = set()
+    for _ in range(5):  # again, for anything forked meanwhile (sshd children, the watch loop)
+        res = run("ip", "netns", "pids", netns, check=False)
+        pids = {int(p) for p in res.stdout.split() if p.isdigit()} | (anchor - killed)
+        if not pids - killed:
+            break
+        for pid in pids - killed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed |= pids
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    # Delete the veth ourselves: a namespace the kernel still holds (sockets) would keep it.
+    run("ip", "link", "del", veth_name(instance_id), check=False)
+    run("ip", "netns", "del", netns, check=False)
     if not keep_dir:
         shutil.rmtree(Path(root) / instance_id, ignore_errors=True)
 
