@@ -445,7 +445,7 @@ def test_remote_commands_on_the_local_cloud(capsys, cluster_name, tmp_path):
     name = cluster_name
 
     def ok(*argv):
-        status, out, err = run_cli(capsys, "--local", *argv, "-c", name)
+        status, out, err = run_cli(capsys, "--local", "-c", name, *argv)
         assert status == 0, err
         return out
 
