@@ -232,9 +232,9 @@ def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
             time.sleep(0.02)
     # Delete the veth ourselves: a namespace the kernel still holds (sockets) would keep it.
     run("ip", "link", "del", veth_name(instance_id), check=False)
-    run("ip", "netns", "del", netns, check=False)
     if not keep_dir:
         shutil.rmtree(Path(root) / instance_id, ignore_errors=True)
+    run("ip", "netns", "del", netns, check=False)  # last: its name is what says the node exists
 
 
 def _alive(pid: int) -> bool:
