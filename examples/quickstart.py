@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the cluster running afterwards")
     args = ap.parse_args()
     t0 = time.monotonic()
+    was_up = subprocess.run(["ec2mpi", "--local", "--json", "local", "status"], capture_output=True,
+                            text=True).stdout.find('"up": true') >= 0
     ec2mpi("create", args.name, "--nodes", str(args.nodes), "--yes")
     try:
         ec2mpi("put", "-c", args.name, str(HERE / "mpi_allreduce.py"), "mpi_allreduce.py")
@@ -41,6 +43,8 @@ def main() -> None:
     finally:
         if not args.keep:
             ec2mpi("destroy", args.name, "--yes")
+            if not was_up:
+                ec2mpi("local", "down")
     print(f"\nquickstart finished in {time.monotonic() - t0:.0f} s.")
     if args.keep:
         print(f"""The cluster '{args.name}' is still running. Try:
