@@ -174,3 +174,23 @@ def test_destroy_leaves_nothing_behind(demo):
         {"Name": "tag:ec2mpi:cluster", "Values": [demo]},
         {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
     assert running == []
+
+
+def test_a_crashed_local_cloud_is_detected_and_cleaned_on_next_use():
+    """Kill the daemon hard (as a crash would), leaving its nodes behind; the next command cleans up."""
+    import signal
+    cli("create", "e2e-crash", "--nodes", "1", "--storage", "none", "--yes", timeout=300)
+    status = cli_json("local", "status")
+    orphans = status["nodes"]
+    assert orphans
+    os.kill(status["pid"], signal.SIGKILL)
+    wait_for(lambda: not cli_json("local", "status").get("up"), 10, what="the local cloud to be seen as down")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert all(i in netns for i in orphans), "the crash should have left the nodes behind"
+    res = cli("local", "up", timeout=600)
+    assert "stale" in res.stderr
+    fresh = cli_json("local", "status")
+    assert fresh["up"] and fresh["pid"] != status["pid"] and fresh["nodes"] == []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(i in netns for i in orphans)
+    assert cli_json("list") in ([], {"clusters": []}) or "e2e-crash" not in json.dumps(cli_json("list"))
