@@ -30,6 +30,7 @@ class KeyStore:
         self.s3 = session.client("s3")
         self.bucket = bucket or bucket_name(session.account_id(), session.region)
         self._exists = False
+        self._hardened = False
 
     # -- bucket -----------------------------------------------------------------
     def exists(self) -> bool:
@@ -45,8 +46,16 @@ class KeyStore:
             raise explain_client_error("s3:HeadBucket", err) from None
 
     def ensure_bucket(self) -> bool:
-        """Create and harden the bucket on first use. Returns True if it was created."""
+        """Create and harden the bucket on first use. Returns True if it was created.
+
+        An existing bucket is hardened too unless it already carries our policy (applied
+        last), so a crash between CreateBucket and hardening never leaves it open.
+        """
         if self.exists():
+            if not self._hardened:
+                if not self._has_policy():
+                    self.harden()
+                self._hardened = True
             return False
         region = self.session.region
         kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
@@ -56,8 +65,17 @@ class KeyStore:
             if err.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                 raise explain_client_error("s3:CreateBucket", err) from None
         self.harden()
-        self._exists = True
+        self._exists = self._hardened = True
         return True
+
+    def _has_policy(self) -> bool:
+        try:
+            current = json.loads(self.s3.get_bucket_policy(Bucket=self.bucket)["Policy"])
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "NoSuchBucketPolicy":
+                return False
+            raise explain_client_error("s3:GetBucketPolicy", err) from None
+        return current == tls_only_policy(self.bucket)
 
     def harden(self) -> None:
         """Block Public Access (all four), default encryption, TLS-only policy. Idempotent."""

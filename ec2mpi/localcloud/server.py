@@ -211,7 +211,7 @@ def _request_fault(kind: str, instance_id: str, timeout: float = 10.0, **args) -
             raise UserError(message, "see 'ec2mpi --local status' for the instance ids")
 
 
-def interrupt(instance_id: str, grace: float = 10.0) -> None:
+def interrupt(instance_id: str, grace: float = 20.0) -> None:
     """Serve a spot interruption notice to the node, terminate it after `grace` seconds."""
     _request_fault("interrupt", instance_id, grace=grace)
 
@@ -447,7 +447,7 @@ class Daemon:
             if iid not in self.running:
                 error = f"no running local instance {iid}"
             elif fault["kind"] == "interrupt":
-                grace = float(fault.get("grace", 10.0))
+                grace = float(fault.get("grace", 20.0))
                 at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=grace)
                 self.imds.inject_interruption(iid, "terminate", at)
                 self.due_terminations[iid] = time.monotonic() + grace
