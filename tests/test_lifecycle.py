@@ -324,3 +324,20 @@ def test_placement_group_warns_and_on_demand_launches(aws, cluster_name, caplog)
     cost = mgr.cost(cluster_name)
     assert "static" in cost.source and cost.per_hour > 0
     assert mgr.destroy(cluster_name).leftovers == []
+
+
+def test_a_bucket_left_unhardened_by_a_crash_is_hardened_on_next_use(aws, cluster_name):
+    """CreateBucket succeeded, then the client died before hardening: the next use hardens it."""
+    bucket = f"ec2mpi-crash-{cluster_name}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    store = KeyStore(aws, bucket=bucket)
+    assert store.ensure_bucket() is False          # it existed ...
+    got = store.hardening()                        # ... and is hardened now
+    assert all(got["public_access_block"].values())
+    assert got["policy"]["Statement"][0]["Effect"] == "Deny"
+    assert got["policy"]["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    calls = []
+    stop = aws.on_call(lambda service, op: calls.append(op))
+    KeyStore(aws, bucket=bucket).ensure_bucket()   # already hardened: one read, no writes
+    stop()
+    assert [c for c in calls if c.startswith("Put")] == []
