@@ -7,7 +7,7 @@ Prints figures, asserts nothing about time (machines are noisy; compare within o
      next to a hand-written mpirun on the same nodes (ratio should be >= 0.9)
 
     sudo python bench/local_cluster.py [--sizes 4,16,32] [--rounds 3]
-Needs root. Uses its own local cloud state (EC2MPI_LOCAL_STATE, default /var/lib/ec2mpi-bench).
+Needs root. Uses the machine's local cloud (starting it if needed).
 """
 import argparse
 import os
@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("EC2MPI_LOCAL_STATE", "/var/lib/ec2mpi-bench")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from ec2mpi.cluster import ClusterManager  # noqa: E402

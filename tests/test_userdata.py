@@ -89,10 +89,12 @@ def test_stub_names_the_failing_step(tmp_path):
     (prefix / "venv" / "bin" / "python").symlink_to(sys.executable)
     script = tmp_path / "ud.sh"
     script.write_text(render(UserDataParams(**{**PARAMS.__dict__, "prefix": str(prefix)})))
-    out = subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"], "EC2MPI_ROOT": str(root)},
+    out = subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"], "EC2MPI_ROOT": str(root),
+                                                     "EC2MPI_BOOT_RETRY_DELAY": "0"},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 3
     assert "FAILED at step: ec2mpi-agent boot (exit 3)" in out.stdout
+    assert "boot failed (try 2 of 3)" in out.stdout       # retried before giving up
     assert not (root / "run/ec2mpi/watch.pid").exists()
 
 

@@ -73,6 +73,10 @@ def main(argv=None) -> int:
     w.add_argument("--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2")))
     sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
     args = ap.parse_args(argv)
+    # Role credentials come from the metadata service; botocore gives it 1 s and one try
+    # by default, which a node busy booting (or a loaded host) can miss.
+    os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
+    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
 
     from .boot import AgentParams, AgentPaths
     paths = AgentPaths(Path(args.root))

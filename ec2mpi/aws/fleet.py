@@ -16,7 +16,7 @@ from botocore.parsers import ResponseParserError
 
 from ..config import TAG_CLUSTER, TAG_LAUNCH, TAG_ROLE, ResourceNames, cluster_tags
 from ..errors import UserError, explain_client_error
-from .session import AwsSession, BotoCoreError, ClientError
+from .session import AwsSession, BotoCoreError, ClientError, error_code
 
 log = logging.getLogger(__name__)
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
@@ -49,10 +49,6 @@ def _ip_key(ip: str) -> tuple:
     return tuple(int(x) for x in ip.split(".") if x.isdigit())
 
 
-def _code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
-
-
 PROFILE_RETRIES = 6   # IAM is eventually consistent: a fresh instance profile may be unknown to EC2 for seconds
 
 
@@ -80,7 +76,7 @@ class Fleet:
         try:
             resp = self.ec2.describe_instance_types(InstanceTypes=list(types))
         except ClientError as err:
-            if _code(err) in ("InvalidInstanceType", "InvalidParameterValue"):
+            if error_code(err) in ("InvalidInstanceType", "InvalidParameterValue"):
                 bad = [t for t in types if t in err.response["Error"].get("Message", "")] or list(types)
                 raise UserError(f"unknown instance type {', '.join(bad)!s} in region {self.session.region}",
                                 "use EC2 type names available there, e.g. c6i.large") from None
@@ -139,7 +135,7 @@ class Fleet:
         try:
             self.ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=permissions)
         except ClientError as err:
-            if _code(err) != "InvalidPermission.Duplicate":
+            if error_code(err) != "InvalidPermission.Duplicate":
                 raise explain_client_error("ec2:AuthorizeSecurityGroupIngress", err) from None
             if len(permissions) > 1:   # one was a duplicate: add the others one by one
                 for perm in permissions:
@@ -158,9 +154,9 @@ class Fleet:
                 self.ec2.delete_security_group(GroupId=sg)
                 return [sg]
             except ClientError as err:
-                if _code(err) == "InvalidGroup.NotFound":
+                if error_code(err) == "InvalidGroup.NotFound":
                     return [sg]
-                if _code(err) != "DependencyViolation" or attempt == attempts - 1:
+                if error_code(err) != "DependencyViolation" or attempt == attempts - 1:
                     raise explain_client_error("ec2:DeleteSecurityGroup", err) from None
                 time.sleep(min(15.0, 0.5 * 2 ** attempt))
         return []
@@ -170,7 +166,7 @@ class Fleet:
         try:
             lts = self.ec2.describe_launch_templates(LaunchTemplateNames=[self.names.launch_template])
         except ClientError as err:
-            if _code(err) in ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"):
+            if error_code(err) in ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"):
                 return None
             raise explain_client_error("ec2:DescribeLaunchTemplates", err) from None
         items = lts["LaunchTemplates"]
@@ -198,7 +194,7 @@ class Fleet:
                 TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
             )["LaunchTemplate"]["LaunchTemplateId"]
         except ClientError as err:
-            if _code(err) == "InvalidLaunchTemplateName.AlreadyExistsException":
+            if error_code(err) == "InvalidLaunchTemplateName.AlreadyExistsException":
                 return self.find_launch_template()
             raise explain_client_error("ec2:CreateLaunchTemplate", err) from None
 
@@ -214,7 +210,7 @@ class Fleet:
         try:
             self.ec2.delete_launch_template(LaunchTemplateId=lt)
         except ClientError as err:
-            if _code(err) not in ("InvalidLaunchTemplateId.NotFound",):
+            if error_code(err) not in ("InvalidLaunchTemplateId.NotFound",):
                 raise explain_client_error("ec2:DeleteLaunchTemplate", err) from None
         return [lt]
 
@@ -228,7 +224,7 @@ class Fleet:
                                                                 "Tags": cluster_tags(self.cluster)}])
             return name
         except ClientError as err:
-            code = _code(err)
+            code = error_code(err)
             if code == "InvalidPlacementGroup.Duplicate":
                 return name
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -265,7 +261,7 @@ class Fleet:
                 for res in page["Reservations"]:
                     out += [Instance.from_api(i) for i in res["Instances"]]
         except ClientError as err:
-            if _code(err) == "InvalidInstanceID.NotFound":
+            if error_code(err) == "InvalidInstanceID.NotFound":
                 return []
             raise explain_client_error("ec2:DescribeInstances", err) from None
         return sorted(out, key=lambda i: (i.launch_time, _ip_key(i.private_ip), i.instance_id))
@@ -310,7 +306,7 @@ class Fleet:
             try:
                 resp = self.ec2.create_fleet(**kwargs)
             except ClientError as err:
-                if _profile_not_ready(_code(err), err.response["Error"].get("Message", "")) \
+                if _profile_not_ready(error_code(err), err.response["Error"].get("Message", "")) \
                         and attempt < PROFILE_RETRIES - 1:
                     time.sleep(min(8.0, 1.0 * 2 ** attempt))
                     continue
@@ -366,7 +362,7 @@ class Fleet:
                     self.ec2.delete_volume(VolumeId=vol["VolumeId"])
                     removed.append(vol["VolumeId"])
                 except ClientError as err:
-                    if _code(err) != "InvalidVolume.NotFound":
+                    if error_code(err) != "InvalidVolume.NotFound":
                         raise explain_client_error("ec2:DeleteVolume", err) from None
         return removed
 
@@ -395,8 +391,8 @@ class Fleet:
             self.ec2.delete_fleets(FleetIds=fleet_ids, TerminateInstances=True)
             return
         except ClientError as err:
-            if _code(err) != "InvalidParameterCombination" or len(fleet_ids) == 1:
-                if _code(err) == "InvalidParameterCombination":
+            if error_code(err) != "InvalidParameterCombination" or len(fleet_ids) == 1:
+                if error_code(err) == "InvalidParameterCombination":
                     return
                 raise explain_client_error("ec2:DeleteFleets", err) from None
         for fid in fleet_ids:
@@ -438,7 +434,7 @@ class Fleet:
         try:
             out = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
         except ClientError as err:
-            if _code(err) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
+            if error_code(err) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
                 raise UserError(f"no instance {instance_id!r}", "see 'ec2mpi status' for the cluster's nodes") from None
             raise explain_client_error("ec2:GetConsoleOutput", err) from None
         try:

@@ -12,7 +12,7 @@ import time
 
 from ..config import REGISTRY_TABLE, ResourceNames, cluster_tags
 from ..errors import explain_client_error
-from .session import AwsSession, ClientError
+from .session import AwsSession, ClientError, error_code
 
 POLICY_NAME = "ec2mpi-node"
 TRUST = {"Version": "2012-10-17", "Statement": [{
@@ -49,10 +49,6 @@ def node_policy(cluster: str, bucket: str, region: str, account: str, storage: s
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def _code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
-
-
 class NodeRole:
     def __init__(self, session: AwsSession, cluster: str):
         self.iam = session.client("iam")
@@ -67,7 +63,7 @@ class NodeRole:
             self.iam.create_role(RoleName=n.role, AssumeRolePolicyDocument=json.dumps(TRUST),
                                  Description=f"ec2mpi nodes of cluster {self.cluster}", Tags=tags)
         except ClientError as err:
-            if _code(err) != "EntityAlreadyExists":
+            if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateRole", err) from None
         try:
             self.iam.put_role_policy(RoleName=n.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
@@ -77,7 +73,7 @@ class NodeRole:
             arn = self.iam.create_instance_profile(InstanceProfileName=n.instance_profile,
                                                    Tags=tags)["InstanceProfile"]["Arn"]
         except ClientError as err:
-            if _code(err) != "EntityAlreadyExists":
+            if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateInstanceProfile", err) from None
             arn = None
         profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)["InstanceProfile"]
@@ -85,7 +81,7 @@ class NodeRole:
             try:
                 self.iam.add_role_to_instance_profile(InstanceProfileName=n.instance_profile, RoleName=n.role)
             except ClientError as err:
-                if _code(err) != "LimitExceeded":  # already has a role (a racing resume)
+                if error_code(err) != "LimitExceeded":  # already has a role (a racing resume)
                     raise explain_client_error("iam:AddRoleToInstanceProfile", err) from None
         return arn or profile["Arn"]
 
@@ -99,7 +95,7 @@ class NodeRole:
         try:
             doc = self.iam.get_role_policy(RoleName=self.names.role, PolicyName=POLICY_NAME)["PolicyDocument"]
         except ClientError as err:
-            if _code(err) == "NoSuchEntity":
+            if error_code(err) == "NoSuchEntity":
                 return None
             raise explain_client_error("iam:GetRolePolicy", err) from None
         return json.loads(doc) if isinstance(doc, str) else doc
@@ -114,7 +110,7 @@ class NodeRole:
                 call()
                 out[kind] = True
             except ClientError as err:
-                if _code(err) != "NoSuchEntity":
+                if error_code(err) != "NoSuchEntity":
                     raise explain_client_error(f"iam:Get{kind.title().replace('_', '')}", err) from None
                 out[kind] = False
         return out
@@ -130,7 +126,7 @@ class NodeRole:
             self.iam.delete_instance_profile(InstanceProfileName=n.instance_profile)
             removed.append(f"instance-profile/{n.instance_profile}")
         except ClientError as err:
-            if _code(err) != "NoSuchEntity":
+            if error_code(err) != "NoSuchEntity":
                 raise explain_client_error("iam:DeleteInstanceProfile", err) from None
         try:
             for pname in self.iam.list_role_policies(RoleName=n.role)["PolicyNames"]:
@@ -142,11 +138,11 @@ class NodeRole:
                     self.iam.delete_role(RoleName=n.role)
                     break
                 except ClientError as err:
-                    if _code(err) != "DeleteConflict" or attempt == 4:
+                    if error_code(err) != "DeleteConflict" or attempt == 4:
                         raise
                     time.sleep(0.5 * 2 ** attempt)
             removed.append(f"role/{n.role}")
         except ClientError as err:
-            if _code(err) != "NoSuchEntity":
+            if error_code(err) != "NoSuchEntity":
                 raise explain_client_error("iam:DeleteRole", err) from None
         return removed

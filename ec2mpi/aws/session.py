@@ -25,6 +25,11 @@ MUTATING_PREFIXES = ("Create", "Put", "Run", "Delete", "Update", "Attach", "Deta
                      "BatchWrite", "Request", "Cancel", "Associate", "Disassociate", "Pass")
 
 
+def error_code(err: ClientError) -> str:
+    """The AWS error code of a ClientError ('' if it has none)."""
+    return err.response.get("Error", {}).get("Code", "")
+
+
 def is_mutating(operation: str) -> bool:
     return operation.startswith(MUTATING_PREFIXES)
 

@@ -10,13 +10,9 @@ import time
 
 from ..config import ResourceNames, cluster_tags
 from ..errors import CloudError, explain_client_error
-from .session import AwsSession, ClientError
+from .session import AwsSession, ClientError, error_code
 
 NFS_PORT = 2049
-
-
-def _code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
 
 
 class Efs:
@@ -29,7 +25,7 @@ class Efs:
         try:
             fss = self.efs.describe_file_systems(CreationToken=self.token)["FileSystems"]
         except ClientError as err:
-            if _code(err) == "FileSystemNotFound":
+            if error_code(err) == "FileSystemNotFound":
                 return None
             raise explain_client_error("efs:DescribeFileSystems", err) from None
         return fss[0] if fss else None
@@ -44,7 +40,7 @@ class Efs:
                     ThroughputMode="elastic", Tags=cluster_tags(self.cluster) + [
                         {"Key": "Name", "Value": f"ec2mpi-{self.cluster}"}])
             except ClientError as err:
-                if _code(err) != "FileSystemAlreadyExists":
+                if error_code(err) != "FileSystemAlreadyExists":
                     raise explain_client_error("efs:CreateFileSystem", err) from None
                 fs = self.find()
         fs_id = fs["FileSystemId"]
@@ -56,7 +52,7 @@ class Efs:
             try:
                 self.efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet, SecurityGroups=[security_group])
             except ClientError as err:
-                if _code(err) != "MountTargetConflict":
+                if error_code(err) != "MountTargetConflict":
                     raise explain_client_error("efs:CreateMountTarget", err) from None
         return fs_id
 
@@ -74,7 +70,7 @@ class Efs:
         try:
             return self.efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
         except ClientError as err:
-            if _code(err) == "FileSystemNotFound":
+            if error_code(err) == "FileSystemNotFound":
                 return []
             raise explain_client_error("efs:DescribeMountTargets", err) from None
 
@@ -88,7 +84,7 @@ class Efs:
             try:
                 self.efs.delete_mount_target(MountTargetId=mt["MountTargetId"])
             except ClientError as err:
-                if _code(err) != "MountTargetNotFound":
+                if error_code(err) != "MountTargetNotFound":
                     raise explain_client_error("efs:DeleteMountTarget", err) from None
         deadline = time.monotonic() + timeout
         while self.mount_targets(fs_id):
@@ -101,9 +97,9 @@ class Efs:
                 self.efs.delete_file_system(FileSystemId=fs_id)
                 break
             except ClientError as err:
-                if _code(err) == "FileSystemNotFound":
+                if error_code(err) == "FileSystemNotFound":
                     break
-                if _code(err) != "FileSystemInUse" or attempt == 5:
+                if error_code(err) != "FileSystemInUse" or attempt == 5:
                     raise explain_client_error("efs:DeleteFileSystem", err) from None
                 time.sleep(min(10.0, 0.5 * 2 ** attempt))
         return [fs_id]
