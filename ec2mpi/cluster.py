@@ -97,7 +97,7 @@ class DestroyReport:
 class ClusterManager:
     """All cluster operations. Every method raises UserError (exit 2) or CloudError (exit 1)."""
 
-    poll_interval = 2.0   # seconds between registry reads while waiting
+    poll_interval = 0.5   # seconds between registry reads while waiting (one small query each)
 
     def __init__(self, aws: AwsSession, progress: Optional[Progress] = None):
         self.aws = aws
