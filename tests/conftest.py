@@ -68,3 +68,13 @@ def have_root_namespaces() -> str:
     if probe.returncode != 0:
         return f"cannot create namespaces here: {probe.stderr.decode().strip()}"
     return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leave_the_local_cloud_as_found():
+    """Tests share the machine's local cloud; if the suite started it, the suite stops it."""
+    from ec2mpi.localcloud import server
+    was_up = os.geteuid() == 0 and server.status() is not None
+    yield
+    if os.geteuid() == 0 and not was_up and server.status() is not None:
+        server.down()
