@@ -262,13 +262,16 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     assert bashrc.startswith("# >>> ec2mpi") and "binding_policy=none" in bashrc
     assert "PRTE_MCA_prte_default_hostfile" in (home / ".profile").read_text()
 
-    # watch, as the stub runs it: a separate process whose AWS credentials come from the
+    # The node service, as the stub starts it: `run` = boot again (idempotent, as after a
+    # reboot), report it, then watch, in one process whose AWS credentials come from the
     # instance role through the emulator; it writes the hostfile and deregisters on SIGTERM.
     env = _agent_env(imds.url, paths.root)
-    env["EC2MPI_WATCH_POLL"] = "0.2"
-    proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.agent.main", "--root", str(paths.root), "watch"],
+    env.update(EC2MPI_WATCH_POLL="0.2", EC2MPI_SSH_PORT=str(banner))
+    proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.agent.main", "--root", str(paths.root), "run"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
+        assert wait_for(lambda: (paths.run / "boot.status").exists(), 30), proc.stdout.read1().decode()
+        assert (paths.run / "boot.status").read_text() == "ready i-0master master 127.0.0.1\n"
         assert wait_for(lambda: (paths.etc / "hostfile").exists(), 30), proc.stdout.read1().decode()
         assert (paths.etc / "hostfile").read_text() == f"127.0.0.1 slots={os.cpu_count()}\n"
         assert (paths.etc / "hostfile.mpich").read_text() == f"127.0.0.1:{os.cpu_count()}\n"
@@ -278,7 +281,7 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 3
+    assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 5   # +2 re-boot, +1 leave
 
 
 def test_boot_waits_for_the_master_then_is_a_worker_aws_style(aws, cluster, cluster_name, imds, banner, tmp_path,

@@ -36,13 +36,16 @@ FAKE_AGENT = """#!/bin/bash
 # A stand-in for an installed ec2mpi-agent: reports the version, records what it was asked.
 if [ "$1" = --version ]; then echo 0.1.0; exit 0; fi
 echo "$* EC2MPI_MOUNT_HOOK=${EC2MPI_MOUNT_HOOK:-}" >> "$CALLS"
-case "$*" in *watch*) trap 'echo "term $*" >> "$CALLS"; exit 0' TERM; while :; do sleep 0.1; done;; esac
+case "$*" in *" run"*)
+  root="${1#--root=}"; mkdir -p "$root/run/ec2mpi"; echo "ready i-0fake master 172.31.0.4" > "$root/run/ec2mpi/boot.status"
+  trap 'echo "term $*" >> "$CALLS"; exit 0' TERM; while :; do sleep 0.1; done;; esac
 """
 
 
 def test_stub_runs_in_a_sandbox_skips_install_and_is_idempotent(tmp_path):
     """A PREFIX whose venv already reports VERSION: nothing is installed, the agent is booted,
-    the watch supervisor starts once (a second run finds it), the environment passes through."""
+    the agent service (boot, then watch) starts once (a second run finds it running and
+    booted), the environment passes through."""
     prefix, root = tmp_path / "opt", tmp_path / "root"
     (prefix / "venv" / "bin").mkdir(parents=True)
     agent = prefix / "venv" / "bin" / "ec2mpi-agent"
@@ -65,13 +68,13 @@ def test_stub_runs_in_a_sandbox_skips_install_and_is_idempotent(tmp_path):
         assert "CALLS" not in agent_env
         assert "ec2mpi-bootstrap" in (root / "var/log/ec2mpi/bootstrap.log").read_text()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and calls.read_text().count("watch") < 1:
+        while time.monotonic() < deadline and calls.read_text().count(" run ") < 1:
             time.sleep(0.05)
         lines = calls.read_text().splitlines()
-        assert lines.count(f"--root={root} boot EC2MPI_MOUNT_HOOK=/x/hook") == 2
-        assert lines.count(f"--root={root} watch EC2MPI_MOUNT_HOOK=/x/hook") == 1     # supervised once
+        assert lines.count(f"--root={root} run EC2MPI_MOUNT_HOOK=/x/hook") == 1     # supervised once
+        assert "ready i-0fake master 172.31.0.4" in out.stdout
     finally:
-        pidfile = root / "run/ec2mpi/watch.pid"
+        pidfile = root / "run/ec2mpi/agent.pid"
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -94,15 +97,14 @@ def test_stub_names_the_failing_step(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 3
     assert "FAILED at step: ec2mpi-agent boot (exit 3)" in out.stdout
-    assert "boot failed (try 2 of 3)" in out.stdout       # retried before giving up
-    assert not (root / "run/ec2mpi/watch.pid").exists()
+    assert "ec2mpi-agent: boot failed: exit 3" in out.stdout   # the service gave up (exit 3)
 
 
 def test_bake_script_and_unit_are_well_formed():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert subprocess.run(["bash", "-n", os.path.join(root, "bootstrap", "bake-ami.sh")]).returncode == 0
-    unit = open(os.path.join(root, "bootstrap", "ec2mpi-watch.service")).read()
-    assert "ExecStart=@PREFIX@/venv/bin/ec2mpi-agent watch" in unit and "EnvironmentFile=-/etc/ec2mpi/agent.env" in unit
+    unit = open(os.path.join(root, "bootstrap", "ec2mpi-agent.service")).read()
+    assert "ExecStart=@PREFIX@/venv/bin/ec2mpi-agent run" in unit and "RestartPreventExitStatus=3" in unit and "EnvironmentFile=-/etc/ec2mpi/agent.env" in unit
 
 
 def test_agent_reports_its_version():

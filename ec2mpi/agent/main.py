@@ -1,4 +1,9 @@
-"""`ec2mpi-agent {boot,watch,hostfile,--version}`: the node-side entry point.
+"""`ec2mpi-agent {run,boot,watch,hostfile,--version}`: the node-side entry point.
+
+`run` is the node's service: boot (idempotent, retried), then watch, in ONE process, so
+a node pays Python's and boto3's start-up once, and every start of the service (also
+after a reboot) re-does the boot steps: storage mounted, keys in place, registered.
+It reports the boot's outcome in /run/ec2mpi/boot.status for the user-data stub.
 
 Parameters come from /etc/ec2mpi/agent.json (written by the user-data stub); the
 environment variables of docs/internals.md (AWS_EC2_METADATA_SERVICE_ENDPOINT,
@@ -36,13 +41,40 @@ def _boot(args, params, paths) -> int:
     return 0
 
 
-def _watch(args, params, paths) -> int:
+BOOT_FAILED = 3   # exit status of `run` when boot failed for good: supervisors do not restart it
+
+
+def _run(args, params, paths) -> int:
+    import time
+
+    from .boot import boot, session_for
+    status = paths.run / "boot.status"
+    paths.run.mkdir(parents=True, exist_ok=True)
+    aws = session_for(params)
+    delay = float(os.environ.get("EC2MPI_BOOT_RETRY_DELAY", "5"))
+    for attempt in (1, 2, 3):
+        try:
+            node = boot(params, paths, aws=aws, ssh_port=args.ssh_port)
+            break
+        except Exception as err:  # boot is idempotent: a slow first boot gets two more chances
+            logging.getLogger("ec2mpi.agent").exception("boot failed (try %d of 3)", attempt)
+            if attempt == 3:
+                status.write_text(f"failed: {err}\n")
+                print(f"ec2mpi-agent run: boot failed: {err}", file=sys.stderr)
+                return BOOT_FAILED
+            time.sleep(attempt * delay)
+    status.write_text(f"ready {node.instance_id} {node.role} {node.private_ip}\n")
+    os.nice(10)  # from here on background work: never compete with MPI ranks
+    return _watch(args, params, paths, aws=aws)
+
+
+def _watch(args, params, paths, aws=None) -> int:
     from ..aws.registry import Node, Registry
     from .boot import session_for
     from .imds import Imds
     from .watch import Watcher
     node = Node(**json.loads(paths.state.read_text()))
-    watcher = Watcher(params.cluster, node, Registry(session_for(params), table=params.table),
+    watcher = Watcher(params.cluster, node, Registry(aws or session_for(params), table=params.table),
                       paths.hostfile_dirs(params), Imds(), poll=args.poll)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,10 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--version", action="version", version=__version__)
     ap.add_argument("--root", default="/", help="filesystem root (tests)")
     sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="the node service: boot, then watch (one process)")
     b = sub.add_parser("boot", help="configure this node and register it")
-    b.add_argument("--ssh-port", type=int, default=int(os.environ.get("EC2MPI_SSH_PORT", "22")))
     w = sub.add_parser("watch", help="follow membership, spot notices and heartbeat")
-    w.add_argument("--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2")))
+    for p in (r, b):
+        p.add_argument("--ssh-port", type=int, default=int(os.environ.get("EC2MPI_SSH_PORT", "22")))
+    for p in (r, w):
+        p.add_argument("--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2")))
     sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
     args = ap.parse_args(argv)
     # Role credentials come from the metadata service; botocore gives it 1 s and one try
@@ -83,7 +118,8 @@ def main(argv=None) -> int:
     _setup_logging(paths)
     try:
         params = AgentParams.load(paths.agent_json)
-        return {"boot": _boot, "watch": _watch, "hostfile": _hostfile}[args.command](args, params, paths)
+        return {"run": _run, "boot": _boot, "watch": _watch,
+                "hostfile": _hostfile}[args.command](args, params, paths)
     except Exception as err:
         logging.getLogger("ec2mpi.agent").exception("%s failed", args.command)
         print(f"ec2mpi-agent {args.command}: {err}", file=sys.stderr)
