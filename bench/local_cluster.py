@@ -31,13 +31,11 @@ def manager(info):
     return ClusterManager(server.session(info))
 
 
-def hostfile_on_master(info, mgr, name) -> list:
-    master = mgr.status(name).master
-    path = Path(info.state_dir, "nodes", master.instance_id, "etc", "hostfile")
-    try:
-        return [l.split()[0] for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
-    except OSError:
-        return []
+def settle(timeout=120):
+    """Wait until the local cloud has torn down every node: each part runs on a quiet cloud."""
+    deadline = time.monotonic() + timeout
+    while (server.status() or {}).get("nodes") and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def bench_create(info, sizes):
@@ -52,6 +50,7 @@ def bench_create(info, sizes):
         took = time.monotonic() - t0
         print(f"{n:>6} {took:>16.2f} {1000 * took / n:>14.0f}", flush=True)
         mgr.destroy(name)
+        settle()
 
 
 def bench_add(info):
@@ -62,13 +61,16 @@ def bench_add(info):
     t0 = time.monotonic()
     mgr.add_nodes(name, 8, wait=False)
     launched = time.monotonic() - t0
-    while len(hostfile_on_master(info, mgr, name)) < 12:
+    master = mgr.status(name, with_cost=False).master.instance_id
+    hostfile = Path(info.state_dir, "nodes", master, "etc", "hostfile")
+    while len(hostfile.read_text().splitlines()) < 12:
         if time.monotonic() - t0 > 300:
             print("hostfile did not reach 12 hosts in 300 s")
             break
         time.sleep(0.1)
     print(f"launch call returned after {launched:.2f} s; hostfile lists 12 hosts after {time.monotonic() - t0:.2f} s")
     mgr.destroy(name)
+    settle()
 
 
 def parse_pingpong(text):

@@ -341,8 +341,10 @@ class Daemon:
 
     # -- the node runner --------------------------------------------------------
     def instances(self) -> list[dict]:
+        """Pending and running instances only: terminated ones pile up and would make every poll heavier."""
         out = []
-        for page in self.ec2.get_paginator("describe_instances").paginate():
+        live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        for page in self.ec2.get_paginator("describe_instances").paginate(Filters=live):
             for res in page["Reservations"]:
                 out += res["Instances"]
         return out
