@@ -266,8 +266,15 @@ class ClusterManager:
             ready = {n.instance_id for n in self.registry.nodes(name) if n.state == "ready"} & want
             self._say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
             if ready == want:
-                return
+                item = self.registry.get_cluster(name) or {}
+                if item.get("hostfile_epoch", -1) >= item.get("epoch", 0):
+                    return          # the master's hostfile lists them: mpirun can use them now
+                self._say(len(ready), len(want), "waiting for the master's hostfile")
             if time.monotonic() >= deadline:
+                if ready == want:
+                    raise WaitTimeout(f"all {len(want)} node(s) are ready but the master's hostfile has not "
+                                      f"caught up after {timeout:.0f}s",
+                                      f"check the master: ec2mpi logs master -c {name}")
                 missing = sorted(want - ready)
                 raise WaitTimeout(f"{len(missing)} of {len(want)} node(s) not ready after {timeout:.0f}s: "
                                   f"{', '.join(missing)}",

@@ -115,9 +115,11 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name):
     assert mgr.leftovers(name) == []
 
 
-def test_wait_until_agents_report_ready(aws, cluster_name):
+def test_wait_until_agents_report_ready_and_the_master_hostfile_lists_them(aws, cluster_name, tmp_path):
+    from ec2mpi.agent.watch import Watcher
     seen = []
     mgr = manager(aws, progress=lambda d, t, m: seen.append((d, t, m)))
+    hostfile_written = []
 
     def agents():
         deadline = time.monotonic() + 20
@@ -127,15 +129,23 @@ def test_wait_until_agents_report_ready(aws, cluster_name):
             if len(ids) == 2 and item and item.get("master"):
                 time.sleep(0.3)
                 play_agents(aws, cluster_name, ids)
+                time.sleep(1.0)   # all ready, but the master's watcher has not polled yet
+                master = next(n for n in Registry(aws).nodes(cluster_name) if n.role == "master")
+                Watcher(cluster_name, master, Registry(aws), [tmp_path]).check_membership()
+                hostfile_written.append(time.monotonic())
                 return
             time.sleep(0.05)
 
     t = threading.Thread(target=agents, daemon=True)
     t.start()
     st = mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=True, timeout=20)
+    returned = time.monotonic()
     t.join()
     assert st.ready == 2 and st.master is not None
     assert (2, 2, "2/2 nodes ready") in seen
+    assert (2, 2, "waiting for the master's hostfile") in seen
+    assert hostfile_written and returned >= hostfile_written[0]   # mpirun right after create sees both
+    assert len((tmp_path / "hostfile").read_text().splitlines()) == 2
     mgr.destroy(cluster_name)
 
 

@@ -45,14 +45,23 @@ class Watcher:
             return False
         nodes = self.reg.nodes(self.cluster)
         self.epoch = epoch
-        if render_openmpi(nodes) == self.hostfile_text:
-            return False
-        text = write_hostfiles(nodes, self.hostfile_dirs)
-        self.hostfile_text = text
-        self.hostfile_writes += 1
-        self.last_write = time.time()
-        log.info("epoch %s: hostfile now has %d node(s)", epoch, text.count("\n"))
-        return True
+        changed = render_openmpi(nodes) != self.hostfile_text
+        if changed:
+            text = write_hostfiles(nodes, self.hostfile_dirs)
+            self.hostfile_text = text
+            self.hostfile_writes += 1
+            self.last_write = time.time()
+            log.info("epoch %s: hostfile now has %d node(s)", epoch, text.count("\n"))
+        self.publish(epoch)
+        return changed
+
+    def publish(self, epoch: int) -> None:
+        """Tell the registry which membership the hostfile reflects: `create` and `add-nodes`
+        return only once it caught up, so an mpirun right after them sees every node."""
+        try:
+            self.reg.update_cluster(self.cluster, hostfile_epoch=epoch)
+        except Exception as err:  # the cluster may be going away; the hostfile itself is written
+            log.warning("could not record hostfile epoch %s: %s", epoch, err)
 
     def check_notice(self) -> bool:
         """Spot interruption or rebalance recommendation -> draining (once). True if it drained."""

@@ -4,7 +4,8 @@ Schema (the only definition of it):
   partition key `cluster` (S) = cluster name
   sort key      `item`    (S) = "cluster" for the cluster item, "node#<instance-id>" for nodes
 Cluster item: epoch (N), spec (S, JSON), status (S), master (S, instance id), created (N),
-              launch_token (S: the create launch's idempotency token, written before the launch call).
+              launch_token (S: the create launch's idempotency token, written before the launch call),
+              hostfile_epoch (N: the epoch the master's hostfile reflects, written by its watcher).
 Node item: instance_id, role, private_ip, hostname, slots (N), lifecycle, instance_type,
            state (booting|ready|draining), heartbeat (N), updated (N).
 
