@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # progress(done, total, message): called while waiting; must be cheap and never raise.
 Progress = Callable[[int, int, str], None]
 CREATE_STEPS = 9
+DRAIN_WAIT = 30.0             # s remove-nodes waits for the master's hostfile before terminating
 HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -> reported lost
 
 
@@ -266,8 +267,7 @@ class ClusterManager:
             ready = {n.instance_id for n in self.registry.nodes(name) if n.state == "ready"} & want
             self._say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
             if ready == want:
-                item = self.registry.get_cluster(name) or {}
-                if item.get("hostfile_epoch", -1) >= item.get("epoch", 0):
+                if self._hostfile_caught_up(name):
                     return          # the master's hostfile lists them: mpirun can use them now
                 self._say(len(ready), len(want), "waiting for the master's hostfile")
             if time.monotonic() >= deadline:
@@ -280,6 +280,22 @@ class ClusterManager:
                                   f"{', '.join(missing)}",
                                   f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting")
             time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+
+    def _hostfile_caught_up(self, name: str) -> bool:
+        """The master's watcher has written the hostfile for the current membership epoch."""
+        item = self.registry.get_cluster(name) or {}
+        return item.get("hostfile_epoch", -1) >= item.get("epoch", 0)
+
+    def _let_master_drop(self, name: str, timeout: float) -> None:
+        """After draining: give the master's hostfile a moment to drop the nodes (bounded: a
+        dead master must not block a removal)."""
+        deadline = time.monotonic() + timeout
+        while not self._hostfile_caught_up(name):
+            if time.monotonic() >= deadline:
+                log.warning("the master's hostfile did not drop the drained nodes within %.0fs; removing anyway",
+                            timeout)
+                return
+            time.sleep(self.poll_interval)
 
     # -- grow and shrink ----------------------------------------------------------
     def _ready_cluster(self, name: str) -> tuple[dict, ClusterSpec]:
@@ -335,6 +351,9 @@ class ClusterManager:
         for iid in chosen:
             if iid in registered:
                 self.registry.set_node_state(name, iid, "draining")
+        if any(i in registered for i in chosen):
+            self._say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
+            self._let_master_drop(name, DRAIN_WAIT)
         fleet.terminate([i for i in chosen if i in {x.instance_id for x in live}])
         for iid in chosen:
             if iid in registered:

@@ -69,7 +69,11 @@ def play_agents(aws, name, ids, ready=True):
             reg.set_node_state(name, iid, "ready")
 
 
-def test_lifecycle_create_add_remove_destroy(aws, cluster_name):
+def master_node(aws, name):
+    return next(n for n in Registry(aws).nodes(name) if n.role == "master")
+
+
+def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog):
     name = cluster_name
     mgr = manager(aws)
     st = mgr.create(ClusterSpec(name, nodes=3, ssh_cidr=CIDR, storage="efs"), wait=False)
@@ -98,7 +102,20 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name):
     assert len(lines) == 5 and lines[0] == f"{master.private_ip} slots=2"
     epoch = Registry(aws).epoch(name)
 
-    removed = mgr.remove_nodes(name, 1)
+    # remove-nodes drains, lets the master's hostfile drop the node, then terminates: run the
+    # master's real watcher meanwhile, as the master node would.
+    from ec2mpi.agent.watch import Watcher
+    stop, hostfiles = threading.Event(), tmp_path / "master-etc"
+    watcher = Watcher(name, master_node(aws, name), Registry(aws), [hostfiles], poll=0.1, heartbeat_every=600,
+                      deregister=False)
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="ec2mpi.cluster"):
+        removed = mgr.remove_nodes(name, 1)
+    stop.set()
+    thread.join(10)
+    assert "removing anyway" not in caplog.text      # the master dropped it; no need to wait out the bound
+    assert len((hostfiles / "hostfile").read_text().splitlines()) == 4
     assert removed == [added[-1]]
     assert sorted(live_ids(aws, name)) == sorted(s["instances"] + added[:1])
     assert state(aws, name)["node_items"] == sorted(s["instances"] + added[:1])
