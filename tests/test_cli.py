@@ -272,7 +272,7 @@ def test_ssh_files_and_parallel_hosts(tmp_path):
     text = config.read_text()
     assert "Host demo-master demo-node-0" in text and "Host demo-node-2" in text
     assert "StrictHostKeyChecking yes" in text and "ProxyJump demo-master" in text
-    assert "StrictHostKeyChecking no" not in text
+    assert {line.split()[1] for line in text.splitlines() if "StrictHostKeyChecking" in line} == {"yes"}
     assert (tmp_path / "demo" / "known_hosts").read_text().startswith("* ssh-ed25519 ")
     assert oct((tmp_path / "demo" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
     lines = remote.parallel_hosts_text("demo", links, config).splitlines()
