@@ -686,7 +686,13 @@ def cmd_local(ctx, a) -> Result:
         st = server.status()
         if st is None:
             return Result({"up": False}, "local cloud is down (start it with: ec2mpi local up)")
-        return Result({"up": True, **st}, "local cloud is up: " + ", ".join(f"{k}={v}" for k, v in st.items()))
+        text = "\n".join([
+            f"local cloud is up (pid {st['pid']}, for {st['uptime']:.0f} s): {len(st['nodes'])} node(s) running",
+            f"  control plane  {st['endpoint']}  (CA {st['ca_path']})",
+            f"  metadata       {st['imds']}",
+            f"  nodes' network {st['ssh_cidr']} on bridge ec2mpi0",
+            f"  state          {st['state_dir']}  (stop it all with: ec2mpi local down)"])
+        return Result({"up": True, **st}, text)
     if a.action == "interrupt":
         server.interrupt(a.instance_id)
         return Result({"interrupted": a.instance_id}, f"spot interruption notice sent to {a.instance_id}")
