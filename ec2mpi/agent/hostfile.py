@@ -58,9 +58,9 @@ def write_hostfiles(nodes, directories) -> str:
     that cannot be written (shared storage gone) is skipped: /etc/ec2mpi is the one that counts."""
     openmpi, mpich = render_openmpi(nodes), render_mpich(nodes)
     for i, d in enumerate(directories):
-        try:
-            atomic_write(Path(d) / OPENMPI_NAME, openmpi)
+        try:  # MPICH's first: the Open MPI file (the one most readers wait for) completes the pair
             atomic_write(Path(d) / MPICH_NAME, mpich)
+            atomic_write(Path(d) / OPENMPI_NAME, openmpi)
         except OSError:
             if i == 0:
                 raise
