@@ -1,8 +1,10 @@
-"""A small catalogue of instance types for completion and the create dialog.
+"""A small catalogue of instance types: the one static price list of ec2mpi.
 
-vCPUs and approximate us-east-1 Linux on-demand prices (USD/hour). Used only to help a
-user choose before a cluster exists; once it exists, `cost` asks the ClusterManager.
-Spot is shown as an estimate (SPOT_FACTOR of on-demand), and said to be one.
+vCPUs, memory and us-east-1 Linux on-demand list prices (USD/hour). It helps a user
+choose before a cluster exists (completion, the create dialog), and it is the fallback
+of `aws/pricing.py` where the Pricing API does not answer. Spot is shown as an estimate
+(SPOT_FACTOR of on-demand), and said to be one; a cluster's real spot prices come from
+EC2's spot price history.
 """
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ SPOT_FACTOR = 0.4
 
 # type: (vCPUs, memory GiB, on-demand USD/h)
 INSTANCE_TYPES = {
+    "t3.micro": (2, 1, 0.0104),
+    "t3.small": (2, 2, 0.0208),
     "t3.medium": (2, 4, 0.0416),
+    "t3.large": (2, 8, 0.0832),
+    "m5.large": (2, 8, 0.096),
+    "m7i.large": (2, 8, 0.1008),
+    "c5n.large": (2, 5.25, 0.108),
     "c5.large": (2, 4, 0.085),
     "c5.xlarge": (4, 8, 0.17),
     "c5.2xlarge": (8, 16, 0.34),
@@ -39,6 +47,12 @@ INSTANCE_TYPES = {
 def vcpus(instance_type: str) -> int | None:
     info = INSTANCE_TYPES.get(instance_type)
     return info[0] if info else None
+
+
+def on_demand(instance_type: str) -> float | None:
+    """The list price in USD/hour, or None for a type we do not know."""
+    info = INSTANCE_TYPES.get(instance_type)
+    return info[2] if info else None
 
 
 def price(instance_type: str, spot: bool = True) -> float | None:

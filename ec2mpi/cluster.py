@@ -22,7 +22,7 @@ from . import __version__, selfwheel
 from .aws.fleet import PLACEMENT_UNSUPPORTED, LIVE_STATES, Fleet
 from .aws.iam import NodeRole, node_policy
 from .aws.keystore import KeyStore
-from .aws.pricing import on_demand_prices
+from .aws.pricing import on_demand_prices, spot_prices
 from .aws.registry import Registry
 from .aws.session import AwsSession
 from .aws.storage import NFS_PORT, Efs
@@ -426,7 +426,7 @@ class ClusterManager:
         spot_types = sorted({t for t, lc in counts if lc == "spot"})
         od_types = sorted({t for t, lc in counts if lc != "spot"})
         sources = []
-        spot = Fleet(self.aws, "x").spot_prices(spot_types) if spot_types else {}
+        spot = spot_prices(self.aws, spot_types) if spot_types else {}
         if spot_types:
             sources.append("spot: EC2 spot price history")
         od, od_source = on_demand_prices(self.aws, self._preflight(), od_types) if od_types else ({}, "")

@@ -411,25 +411,6 @@ class Fleet:
         return sorted(found)
 
     # -- prices and diagnostics ---------------------------------------------------
-    def spot_prices(self, types) -> dict:
-        """Latest Linux spot price per type (the highest across AZs: an upper estimate)."""
-        try:
-            resp = self.ec2.describe_spot_price_history(InstanceTypes=list(types), MaxResults=1000,
-                                                        StartTime=time.time())
-        except ClientError as err:
-            raise explain_client_error("ec2:DescribeSpotPriceHistory", err) from None
-        latest: dict = {}
-        for rec in resp["SpotPriceHistory"]:
-            if not rec.get("ProductDescription", "").startswith("Linux/UNIX"):
-                continue
-            key = (rec["InstanceType"], rec.get("AvailabilityZone"))
-            if key not in latest or rec["Timestamp"] > latest[key]["Timestamp"]:
-                latest[key] = rec
-        prices: dict = {}
-        for (itype, _az), rec in latest.items():
-            prices[itype] = max(prices.get(itype, 0.0), float(rec["SpotPrice"]))
-        return prices
-
     def console_output(self, instance_id: str) -> str:
         try:
             out = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")

@@ -1,4 +1,5 @@
-"""On-demand prices: the Pricing API where it answers, else a small static table (said so).
+"""Prices: spot from EC2's spot price history; on-demand from the Pricing API where it
+answers, else the static list in `ec2mpi/catalog.py` (and the source says so).
 
 Why a fallback: the Pricing API lives in a few regions only and emulators do not
 implement it; a cost estimate that says where its numbers came from beats none.
@@ -6,17 +7,12 @@ implement it; a cost estimate that says where its numbers came from beats none.
 from __future__ import annotations
 
 import json
+import time
 
+from .. import catalog
+from ..errors import explain_client_error
 from .session import AwsSession, BotoCoreError, ClientError
 
-# USD per hour, Linux, us-east-1 list prices (2024). Only a rough guide elsewhere.
-STATIC_ON_DEMAND = {
-    "t3.micro": 0.0104, "t3.small": 0.0208, "t3.medium": 0.0416, "t3.large": 0.0832,
-    "m5.large": 0.096, "m6i.large": 0.096, "m7i.large": 0.1008,
-    "c5.large": 0.085, "c5.xlarge": 0.17, "c5.2xlarge": 0.34, "c5n.large": 0.108,
-    "c6a.large": 0.0765, "c6a.xlarge": 0.153, "c6i.large": 0.085, "c6i.xlarge": 0.17,
-    "c6i.2xlarge": 0.34, "c7i.large": 0.08925, "hpc6a.48xlarge": 2.88,
-}
 STATIC_SOURCE = "static us-east-1 list prices (Pricing API unavailable)"
 
 
@@ -37,4 +33,25 @@ def on_demand_prices(session: AwsSession, region: str, types) -> tuple[dict, str
                         prices[itype] = float(dim["pricePerUnit"]["USD"])
         return prices, "AWS Pricing API"
     except (ClientError, BotoCoreError, KeyError, ValueError):
-        return {t: STATIC_ON_DEMAND[t] for t in types if t in STATIC_ON_DEMAND}, STATIC_SOURCE
+        static = {t: catalog.on_demand(t) for t in types}
+        return {t: p for t, p in static.items() if p is not None}, STATIC_SOURCE
+
+
+def spot_prices(session: AwsSession, types) -> dict:
+    """Latest Linux spot price per type (the highest across AZs: an upper estimate)."""
+    try:
+        resp = session.client("ec2").describe_spot_price_history(
+            InstanceTypes=list(types), MaxResults=1000, StartTime=time.time())
+    except ClientError as err:
+        raise explain_client_error("ec2:DescribeSpotPriceHistory", err) from None
+    latest: dict = {}
+    for rec in resp["SpotPriceHistory"]:
+        if not rec.get("ProductDescription", "").startswith("Linux/UNIX"):
+            continue
+        key = (rec["InstanceType"], rec.get("AvailabilityZone"))
+        if key not in latest or rec["Timestamp"] > latest[key]["Timestamp"]:
+            latest[key] = rec
+    prices: dict = {}
+    for (itype, _az), rec in latest.items():
+        prices[itype] = max(prices.get(itype, 0.0), float(rec["SpotPrice"]))
+    return prices
