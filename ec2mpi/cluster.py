@@ -443,15 +443,12 @@ class ClusterManager:
         return est
 
     def hostfile(self, name: str) -> str:
-        """Open MPI hostfile of the ready nodes, master first."""
+        """Open MPI hostfile of the ready nodes, master first: exactly what the master writes."""
+        from .agent.hostfile import render_openmpi
         validate_name(name)
         self._preflight()
-        item = self._require(name)
-        master = item.get("master")
-        nodes = [n for n in self.registry.nodes(name) if n.state == "ready"]
-        nodes.sort(key=lambda n: (n.instance_id != master, tuple(int(x) for x in n.private_ip.split(".")
-                                                              if x.isdigit()), n.instance_id))
-        return "".join(f"{n.private_ip} slots={n.slots}\n" for n in nodes)
+        self._require(name)
+        return render_openmpi(self.registry.nodes(name))
 
     def keys(self, name: str):
         """The cluster's ClusterKeys (identity + host key) from the key store, for client SSH."""

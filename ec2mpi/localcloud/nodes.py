@@ -228,7 +228,7 @@ def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
                 pass
         killed |= pids
         deadline = time.monotonic() + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)
     # Delete the veth ourselves: a namespace the kernel still holds (sockets) would keep it.
     run("ip", "link", "del", veth_name(instance_id), check=False)
@@ -237,7 +237,7 @@ def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
     run("ip", "netns", "del", netns, check=False)  # last: its name is what says the node exists
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -430,7 +430,7 @@ class Daemon:
                     except ProcessLookupError:
                         pass
                 deadline = time.monotonic() + TERM_GRACE
-                while any(nodes._alive(p) for p in pids) and time.monotonic() < deadline:
+                while any(nodes.alive(p) for p in pids) and time.monotonic() < deadline:
                     time.sleep(0.05)
             node.stop()
         finally:
