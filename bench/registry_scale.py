@@ -145,7 +145,7 @@ def main() -> None:
               + str({k: round(v, 1) for k, v in sorted(m_rate.items())}))
         print(f"worker watcher, steady state:    {sum(w_rate.values()):.1f} registry requests/min "
               + str({k: round(v, 1) for k, v in sorted(w_rate.items())}))
-        print(f"  (independent of cluster size: the node list is read only when the epoch moves)")
+        print("  (independent of cluster size: the node list is read only when the epoch moves)")
     finally:
         cp.stop()
 

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import catalog, output, userdirs
@@ -624,7 +624,6 @@ def cmd_get(ctx, a) -> Result:
 
 
 def cmd_ssh_config(ctx, a) -> Result:
-    from . import remote
     name = ctx.cluster_name()
     config, links, status = _ssh_files(ctx, name)
     text = config.read_text()

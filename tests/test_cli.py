@@ -1,7 +1,6 @@
 """The scripted face: argument parsing, output formatting, exit statuses, and every command
 against moto's server (the `controlplane` fixture) or, where it needs nodes, the local cloud."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 from ec2mpi import catalog, cli, commands, output, remote, userdirs
 from ec2mpi.cluster import ClusterStatus, ClusterSummary, CostEstimate, DestroyReport, NodeStatus
 from ec2mpi.config import ClusterSpec
-from ec2mpi.errors import CloudError, UserError
+from ec2mpi.errors import UserError
 from ec2mpi.keys import ClusterKeys
 
 from conftest import have_root_namespaces

@@ -207,6 +207,22 @@ class Node:
         """Kill everything in the node, then drop its namespaces and files."""
         destroy(self.instance_id, self.dir.parent, keep_dir=keep_dir)
 
+    def shutdown(self, grace: float) -> None:
+        """An orderly power-off: SIGTERM to the node's services (its agent deregisters),
+        up to `grace` seconds for them to exit, then stop()."""
+        anchor = self.anchor_pid()
+        pids = [int(p) for p in run("ip", "netns", "pids", self.netns, check=False).stdout.split()
+                if p.isdigit() and int(p) != anchor]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop()
+
 
 def destroy(instance_id: str, root: Path, keep_dir: bool = False) -> None:
     """Tear a node down by id; safe on half-made or stale nodes."""

@@ -421,18 +421,9 @@ class Daemon:
     def _stop(self, node: nodes.Node, graceful: bool) -> None:
         try:
             if graceful:  # like an EC2 shutdown: services get SIGTERM first (the agent deregisters)
-                anchor = node.anchor_pid()
-                pids = [int(p) for p in nodes.run("ip", "netns", "pids", node.netns, check=False).stdout.split()
-                        if p.isdigit() and int(p) != anchor]
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + TERM_GRACE
-                while any(nodes.alive(p) for p in pids) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            node.stop()
+                node.shutdown(TERM_GRACE)
+            else:
+                node.stop()
         finally:
             self.releasing.discard(node.ip)
 
