@@ -57,6 +57,7 @@ def ensure_image(progress=lambda msg: None, work_dir: Path | None = None) -> boo
     if not STAMP.exists() or STAMP.read_text().strip() != digest:
         progress("installing this ec2mpi build into the node image")
         wheel = Path(work_dir or VENV) / name
+        wheel.parent.mkdir(parents=True, exist_ok=True)
         wheel.write_bytes(data)
         try:
             _pip("--no-deps", "--force-reinstall", str(wheel))
