@@ -3,6 +3,8 @@
 Real HTTP(S) requests with boto3 against the session's control-plane process. Test code
 may use boto3 directly: these tests check the emulator itself, not the product.
 """
+
+
 import json
 import socket
 import ssl
@@ -18,7 +20,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, SSLError
 
 from ec2mpi.localcloud import controlplane as cpmod
-from ec2mpi.localcloud.fidelity import evaluate_condition_block
 
 _CFG = Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})
 
@@ -147,24 +148,6 @@ def test_allow_statement_with_unmet_condition_does_not_deny(controlplane):
     assert tls.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
 
 
-def test_condition_semantics():
-    ctx_http, ctx_tls = {"aws:SecureTransport": "false"}, {"aws:SecureTransport": "true"}
-    tls_only = {"Bool": {"aws:SecureTransport": "false"}}
-    assert evaluate_condition_block(tls_only, ctx_http)
-    assert not evaluate_condition_block(tls_only, ctx_tls)
-    assert not evaluate_condition_block(tls_only, {})                       # missing key: not met
-    assert evaluate_condition_block({"Bool": {"aws:securetransport": False}}, ctx_http)  # JSON bool, key case
-    assert evaluate_condition_block({"BoolIfExists": {"aws:SecureTransport": "false"}}, {})
-    assert evaluate_condition_block({"Null": {"aws:SecureTransport": "true"}}, {})
-    assert not evaluate_condition_block({"Null": {"aws:SecureTransport": "true"}}, ctx_tls)
-    assert evaluate_condition_block({"StringNotEquals": {"k": ["a", "b"]}}, {"k": "c"})
-    assert not evaluate_condition_block({"StringNotEquals": {"k": ["a", "b"]}}, {"k": "b"})
-    assert evaluate_condition_block({"StringNotEquals": {"k": "a"}}, {})    # negated: missing key met
-    assert evaluate_condition_block({"StringLike": {"k": ["clusters/*/id_?25519"]}}, {"k": "clusters/x/id_e25519"})
-    assert not evaluate_condition_block({"StringLike": {"k": "a.*"}}, {"k": "abc"})  # '.' is literal
-    assert not evaluate_condition_block({"StringEquals": {"k": "a"}, "Bool": {"b": "true"}}, {"k": "a", "b": "false"})
-
-
 def test_server_certificate_verifies_only_with_the_ca(controlplane):
     host, port = controlplane.endpoint.split("://")[1].rsplit(":", 1)
     good = ssl.create_default_context(cafile=controlplane.ca_path)
@@ -220,8 +203,9 @@ def test_restart_reuses_ca_and_serves_bridge_style_host(tmp_path):
 
 
 def test_server_certificate_names_the_bind_address(tmp_path):
-    from cryptography import x509
     import ipaddress
+
+    from cryptography import x509
     cpmod.ensure_tls(tmp_path, "172.31.0.1")
     cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

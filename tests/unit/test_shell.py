@@ -1,4 +1,6 @@
 """The interactive face, driven through prompt_toolkit's pipe input and a dummy output."""
+
+
 import time
 
 import pytest
@@ -10,10 +12,10 @@ from ec2mpi import commands, userdirs
 from ec2mpi.cluster import ClusterStatus, CostEstimate, NodeStatus
 from ec2mpi.config import ClusterSpec
 from ec2mpi.shell import Shell
-from ec2mpi.shell_completer import CommandCompleter
-from ec2mpi.shell_dialog import summary
-from ec2mpi.shell_state import LiveState
-from ec2mpi.shell_toolbar import prompt_fragments, toolbar_text
+from ec2mpi.shell.completer import CommandCompleter
+from ec2mpi.shell.dialog import summary
+from ec2mpi.shell.state import LiveState
+from ec2mpi.shell.toolbar import prompt_fragments, toolbar_text
 
 
 @pytest.fixture(autouse=True)

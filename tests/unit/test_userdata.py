@@ -1,4 +1,6 @@
 """The user-data stub: small, valid bash, parameters only, and it really runs (in a sandbox)."""
+
+
 import json
 import os
 import re
@@ -6,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ec2mpi.userdata import MAX_BYTES, UserDataParams, render
 
@@ -101,7 +104,7 @@ def test_stub_names_the_failing_step(tmp_path):
 
 
 def test_bake_script_and_unit_are_well_formed():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(Path(__file__).resolve().parents[2])
     assert subprocess.run(["bash", "-n", os.path.join(root, "bootstrap", "bake-ami.sh")]).returncode == 0
     unit = open(os.path.join(root, "bootstrap", "ec2mpi-agent.service")).read()
     assert "ExecStart=@PREFIX@/venv/bin/ec2mpi-agent run" in unit and "RestartPreventExitStatus=3" in unit and "EnvironmentFile=-/etc/ec2mpi/agent.env" in unit

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import have_root_namespaces
 
 WHY = have_root_namespaces()
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STATE = ""  # the local cloud's state dir, set by local_env
 
 

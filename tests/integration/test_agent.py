@@ -1,4 +1,6 @@
 """The node agent against moto's server and the IMDS emulator, in a temporary root."""
+
+
 import json
 import os
 import pwd
@@ -18,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from ec2mpi.agent import hostfile
-from ec2mpi.agent.boot import (AgentParams, AgentPaths, EFS_OPTIONS, boot, efs_mount_command, mount_command,
-                               mpi_env_block, s3fs_mount_command, with_env_block)
+from ec2mpi.agent.boot import (
+    AgentParams,
+    AgentPaths,
+    boot,
+)
 from ec2mpi.agent.imds import Imds, ImdsError
 from ec2mpi.agent.watch import Watcher
 from ec2mpi.aws.keystore import KeyStore
@@ -29,10 +33,11 @@ from ec2mpi.keys import ClusterKeys
 from ec2mpi.localcloud.imds import ImdsServer, InstanceView
 
 BUCKET = "ec2mpi-123456789012-us-east-1"
+
+
 ROLE = "ec2mpi-test-node"
 
 
-# -- fixtures -------------------------------------------------------------------------
 @pytest.fixture
 def imds():
     """The emulator on loopback: every caller is 127.0.0.1, so the test decides who that is."""
@@ -107,7 +112,6 @@ def wait_for(pred, timeout, step=0.02):
     return pred()
 
 
-# -- IMDS emulator and client ----------------------------------------------------------
 def test_imds_emulator_requires_tokens_and_honours_ttl(imds):
     imds.views["me"] = InstanceView("i-0abc", "127.0.0.1", role=ROLE, tags={"ec2mpi:cluster": "demo"})
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -159,58 +163,6 @@ def test_imds_client_bounded_when_unreachable():
     assert time.monotonic() - start < 5
 
 
-# -- pure pieces ------------------------------------------------------------------------
-def test_hostfile_formats_master_first_ready_only():
-    nodes = [Node("i-3", "worker", "172.31.0.10", "h3", 4, state="ready"),
-             Node("i-2", "worker", "172.31.0.9", "h2", 2, state="ready"),
-             Node("i-4", "worker", "172.31.0.11", "h4", 2, state="booting"),
-             Node("i-5", "worker", "172.31.0.12", "h5", 2, state="draining"),
-             Node("i-1", "master", "172.31.0.20", "h1", 8, state="ready")]
-    assert hostfile.render_openmpi(nodes) == "172.31.0.20 slots=8\n172.31.0.9 slots=2\n172.31.0.10 slots=4\n"
-    assert hostfile.render_mpich(nodes) == "172.31.0.20:8\n172.31.0.9:2\n172.31.0.10:4\n"
-
-
-def test_hostfile_atomic_write(tmp_path):
-    nodes = [Node("i-1", "master", "10.0.0.1", "h", 2, state="ready")]
-    text = hostfile.write_hostfiles(nodes, [tmp_path / "etc", tmp_path / "shared" / ".ec2mpi"])
-    assert text == "10.0.0.1 slots=2\n"
-    for d in ("etc", "shared/.ec2mpi"):
-        assert (tmp_path / d / "hostfile").read_text() == text
-        assert (tmp_path / d / "hostfile.mpich").read_text() == "10.0.0.1:2\n"
-        assert sorted(p.name for p in (tmp_path / d).iterdir()) == ["hostfile", "hostfile.mpich"]
-
-
-def test_mount_command_lines():
-    assert efs_mount_command("fs-1", "eu-west-1", "/shared") == [
-        "mount", "-t", "nfs4", "-o", "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
-        "fs-1.efs.eu-west-1.amazonaws.com:/", "/shared"]
-    assert EFS_OPTIONS in efs_mount_command("fs-1", "eu-west-1", "/shared")
-    assert efs_mount_command("fs-1", "eu-west-1", "/shared", efs_utils=True) == [
-        "mount", "-t", "efs", "-o", "tls", "fs-1:/", "/shared"]
-    cmd = s3fs_mount_command("bkt", "demo", "eu-west-1", "/shared", 1001, 1001)
-    assert cmd[:3] == ["s3fs", "bkt:/clusters/demo/shared", "/shared"] and cmd[3] == "-o"
-    assert "iam_role=auto" in cmd[4].split(",") and "uid=1001" in cmd[4].split(",")
-    p = params_for("demo", "ec2mpi", storage="efs")
-    assert mount_command(p, "/shared", 1, 1, hook="/x/hook") == ["/x/hook", "efs", "fs-12345678", "/shared"]
-    assert mount_command(params_for("demo", "u"), "/shared", 1, 1) is None
-
-
-def test_mpi_env_binds_to_none_only_locally():
-    aws_block = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), local=False)
-    assert "PRTE_MCA_prte_default_hostfile=/etc/ec2mpi/hostfile\n" in aws_block
-    assert "OMPI_MCA_orte_default_hostfile=/etc/ec2mpi/hostfile\n" in aws_block
-    assert "HYDRA_HOST_FILE=/etc/ec2mpi/hostfile.mpich\n" in aws_block
-    assert "binding_policy" not in aws_block
-    local_block = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), local=True)
-    assert "OMPI_MCA_hwloc_base_binding_policy=none" in local_block
-    assert "PRTE_MCA_hwloc_default_binding_policy=none" in local_block
-    bashrc = "case $- in *i*) ;; *) return;; esac\nalias ll='ls -l'\n"
-    once = with_env_block(bashrc, aws_block)
-    assert once.startswith(aws_block) and once.endswith(bashrc)
-    assert with_env_block(once, local_block) == local_block + bashrc   # idempotent, replaced in place
-
-
-# -- boot ---------------------------------------------------------------------------------
 def _agent_env(imds_url, root):
     """What a node's agent sees: no static credentials, the role's come from the emulator."""
     env = {k: v for k, v in os.environ.items()
@@ -309,7 +261,6 @@ def test_boot_waits_for_the_master_then_is_a_worker_aws_style(aws, cluster, clus
     assert "binding_policy" not in (paths.home(user) / ".bashrc").read_text()
 
 
-# -- real user + real sshd (root only) -----------------------------------------------------
 def _root_reason():
     if os.geteuid() != 0:
         return "creating the cluster user and running sshd needs root (CI runs as root)"
@@ -372,7 +323,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-# -- watch ----------------------------------------------------------------------------------
 def _node(i, role="worker", state="ready", slots=2):
     return Node(f"i-{i:04d}", role, f"172.31.0.{i}", f"ip-172-31-0-{i}", slots, state=state)
 

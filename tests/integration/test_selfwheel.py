@@ -1,6 +1,6 @@
 """The wheel the client builds of itself installs with pip and carries everything the nodes need."""
-import hashlib
 import base64
+import hashlib
 import os
 import subprocess
 import sys

@@ -7,7 +7,7 @@ import pytest
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect is in the test extra: pip install pexpect")
 
-from test_cli import local_cloud_missing, manager_missing  # noqa: E402
+from conftest import have_root_namespaces  # noqa: E402
 
 EXE = Path(sys.executable).with_name("ec2mpi")
 PROMPT = r"ec2mpi[^\n]*\((aws|local)\)[^\n]*>"
@@ -48,7 +48,6 @@ def test_shell_starts_on_a_terminal_runs_commands_and_leaves(controlplane, tmp_p
     assert "help" in (tmp_path / "config" / "history").read_text()
 
 
-@pytest.mark.skipif(bool(manager_missing()), reason=manager_missing() or "ok")
 def test_destroy_asks_naming_what_goes(controlplane, cluster_name, tmp_path):
     child = spawn(tmp_path, timeout=120)
     child.expect(PROMPT)
@@ -68,7 +67,7 @@ def test_destroy_asks_naming_what_goes(controlplane, cluster_name, tmp_path):
     assert leave(child) == 0
 
 
-@pytest.mark.skipif(bool(local_cloud_missing()), reason=local_cloud_missing() or "ok")
+@pytest.mark.skipif(bool(have_root_namespaces()), reason=f"local cloud: {have_root_namespaces()}")
 def test_create_status_destroy_on_the_local_cloud(cluster_name, tmp_path):
     """The issue's end-to-end: `ec2mpi --local` in a terminal, create, status, destroy."""
     child = spawn(tmp_path, "--local", timeout=900)
