@@ -13,13 +13,13 @@ import sys
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 
-from . import commands, userdirs
-from .shell_completer import CommandCompleter
-from .shell_dialog import run_create_dialog
-from .shell_keys import shell_key_bindings
-from .shell_state import LiveState
-from .shell_style import STYLE
-from .shell_toolbar import prompt_fragments, toolbar_text
+from .. import commands, userdirs
+from .completer import CommandCompleter
+from .dialog import run_create_dialog
+from .keys import shell_key_bindings
+from .state import LiveState
+from .style import STYLE
+from .toolbar import prompt_fragments, toolbar_text
 
 BANNER = "ec2mpi shell: 'help' lists commands, Tab completes, Ctrl-C cancels a line, Ctrl-D leaves."
 
@@ -43,12 +43,12 @@ class Shell:
 
     # the background state uses its own AWS session, so -v logging and the main work stay apart
     def _background_manager(self):
-        from .cluster import ClusterManager
+        from ..cluster import ClusterManager
         if self.base.local:
-            from .localcloud import server
+            from ..localcloud import server
             info = self.ctx.local_info or server.ensure_up()
             return ClusterManager(server.session(info))
-        from .aws.session import AwsSession
+        from ..aws.session import AwsSession
         return ClusterManager(AwsSession(profile=self.base.profile, region=self.base.region))
 
     def _invalidate(self) -> None:

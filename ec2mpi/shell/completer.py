@@ -10,8 +10,8 @@ import shlex
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 
-from . import catalog
-from .commands import COMMANDS, GLOBAL_ARGS
+from .. import catalog
+from ..commands import COMMANDS, GLOBAL_ARGS
 
 
 def _takes_value(arg) -> bool:

@@ -8,9 +8,16 @@ from __future__ import annotations
 from prompt_toolkit.completion import Completer, Completion, WordCompleter
 from prompt_toolkit.validation import ValidationError, Validator
 
-from . import catalog, userdirs
-from .config import DEFAULT_INSTANCE_TYPES, STORAGE_KINDS, ClusterSpec, parse_count, parse_instance_types, validate_name
-from .errors import UserError
+from .. import catalog, userdirs
+from ..config import (
+    DEFAULT_INSTANCE_TYPES,
+    STORAGE_KINDS,
+    ClusterSpec,
+    parse_count,
+    parse_instance_types,
+    validate_name,
+)
+from ..errors import UserError
 
 
 class _Check(Validator):
@@ -71,7 +78,7 @@ def run_create_dialog(ask, confirm, args):
     try:
         defaults = {**userdirs.user_defaults()}
         if args.template:
-            from .commands import read_template
+            from ..commands import read_template
             defaults.update(read_template(args.template))
         name = ask("cluster name: ", args.name or "demo", _Check(validate_name), None).strip()
         nodes = ask("nodes (master included): ", str(args.nodes or defaults.get("nodes", 2)),

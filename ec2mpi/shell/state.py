@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from . import userdirs
+from .. import userdirs
 
 
 class LiveState:
@@ -30,7 +30,7 @@ class LiveState:
 
     # the snapshot readers use
     def node_names(self) -> list[str]:
-        from .output import node_labels
+        from ..output import node_labels
         st = self.status
         if st is None:
             return []

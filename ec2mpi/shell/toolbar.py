@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from . import output
+from .. import output
 
 
 def prompt_fragments(state, local: bool):
