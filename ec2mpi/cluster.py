@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from urllib.parse import urlparse
 
 from . import __version__, selfwheel
-from .aws.fleet import PLACEMENT_UNSUPPORTED, LIVE_STATES, Fleet
+from .aws.fleet import LIVE_STATES, PLACEMENT_UNSUPPORTED, Fleet
 from .aws.iam import NodeRole, node_policy
 from .aws.keystore import KeyStore
 from .aws.pricing import on_demand_prices, spot_prices
@@ -27,8 +27,15 @@ from .aws.registry import Registry
 from .aws.session import AwsSession
 from .aws.storage import NFS_PORT, Efs
 from .aws.tagging import tagged_resources
-from .config import (DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, TAG_ROLE, ClusterSpec,
-                     parse_count, validate_name)
+from .config import (
+    DEFAULT_IMAGE_PARAMETER,
+    NODE_PREFIX,
+    REGISTRY_TABLE,
+    TAG_ROLE,
+    ClusterSpec,
+    parse_count,
+    validate_name,
+)
 from .errors import CloudError, UserError, WaitTimeout
 from .userdata import UserDataParams, render
 

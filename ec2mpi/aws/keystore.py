@@ -160,7 +160,7 @@ class KeyStore:
         return ClusterKeys.from_objects({n: self.get(cluster, n) for n in (IDENTITY, IDENTITY_PUB, HOST_KEY, HOST_KEY_PUB)})
 
     def has_keys(self, cluster: str) -> bool:
-        from ..keys import IDENTITY, HOST_KEY_PUB
+        from ..keys import HOST_KEY_PUB, IDENTITY
         present = set(self.list(cluster))
         return {self.prefix(cluster) + IDENTITY, self.prefix(cluster) + HOST_KEY_PUB} <= present
 

@@ -5,7 +5,6 @@ from ..config import TAG_CLUSTER
 from ..errors import explain_client_error
 from .session import AwsSession, ClientError
 
-
 # The services whose resources ec2mpi tags (IAM and S3 objects are checked directly).
 SERVICES = ["ec2", "elasticfilesystem"]
 
