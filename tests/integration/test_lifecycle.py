@@ -173,7 +173,7 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
     assert Registry(aws).get_cluster(cluster_name)["master"] == ids[0]     # launch order, oldest first
     play_agents(aws, cluster_name, ids[:1])
     with pytest.raises(WaitTimeout) as err:
-        mgr._wait(cluster_name, ids, timeout=0.5)
+        mgr.wait_ready(cluster_name, ids, timeout=0.5)
     assert ids[1] in str(err.value) and ids[0] not in str(err.value).split(":", 1)[1]
     assert err.value.exit_status == 1
     # add-nodes waits the same way, naming only its own new nodes

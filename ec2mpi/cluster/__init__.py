@@ -1,0 +1,17 @@
+"""Cluster orchestration over the aws/ adapters, one module per lifecycle: create, resize,
+inspect, destroy (and wait, which create and resize share). `ClusterManager` is the one
+entry point; see manager.py."""
+from .inspect import HEARTBEAT_LOST_AFTER
+from .manager import ClusterManager
+from .model import (
+                    ClusterStatus,
+                    ClusterSummary,
+                    CostEstimate,
+                    DestroyReport,
+                    NodeStatus,
+                    ProgressFn,
+)
+from .resize import DRAIN_WAIT
+
+__all__ = ["ClusterManager", "ClusterStatus", "ClusterSummary", "CostEstimate", "DestroyReport",
+           "NodeStatus", "ProgressFn", "DRAIN_WAIT", "HEARTBEAT_LOST_AFTER"]

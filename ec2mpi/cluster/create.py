@@ -1,0 +1,179 @@
+"""create: a list of (label, step) pairs, each an idempotent ensure_*.
+
+Re-running create after a crash (the cluster item still says 'creating' with the same
+spec) resumes instead of duplicating: every step finds what an earlier run made, and
+the launch is keyed by a token stored in the registry before anything is launched.
+"""
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Optional
+from urllib.parse import urlparse
+
+from .. import __version__, selfwheel
+from ..aws.fleet import PLACEMENT_UNSUPPORTED, Fleet
+from ..aws.iam import NodeRole, node_policy
+from ..aws.storage import NFS_PORT, Efs
+from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, TAG_ROLE, ClusterSpec
+from ..errors import UserError
+from ..userdata import UserDataParams, render
+from .model import ClusterStatus, run_steps
+from .wait import wait_ready
+
+
+def create(mgr, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
+    region = mgr.preflight()
+    spec = complete_spec(mgr, spec)
+    run = Creation(mgr, spec, region)
+    run.check()
+    run_steps(run.steps(wait, timeout), mgr.say)
+    return mgr.status(spec.name)
+
+
+def complete_spec(mgr, spec: ClusterSpec) -> ClusterSpec:
+    """Fill what the user left out and we can know without asking the network."""
+    if spec.ssh_cidr:
+        return spec
+    host = urlparse(mgr.aws.endpoint_url or "").hostname
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        raise UserError("cannot tell which address you will SSH from",
+                        "pass --ssh-cidr YOUR.IP/32 (your public address)") from None
+    # an explicit endpoint by IP is a local cloud: its nodes see us at that address
+    return spec.replace(ssh_cidr=f"{ip}/{ip.max_prefixlen}")
+
+
+def placement_group(mgr, fleet: Fleet, spec: ClusterSpec) -> Optional[str]:
+    if not spec.placement_group:
+        return None
+    pg = fleet.ensure_placement_group()
+    if pg is None:
+        mgr.say(0, 0, PLACEMENT_UNSUPPORTED)
+    return pg
+
+
+class Creation:
+    """One run of create: the state its steps hand to each other."""
+
+    def __init__(self, mgr, spec: ClusterSpec, region: str):
+        self.mgr, self.spec, self.region = mgr, spec, region
+        self.fleet = Fleet(mgr.aws, spec.name)
+        self.item: Optional[dict] = None
+        self.subnets: list = []
+        self.sg = self.profile_arn = self.wheel_key = self.lt = ""
+        self.storage_id = ""
+        self.ids: list = []
+
+    def check(self) -> None:
+        """Everything that can refuse before anything is made."""
+        self.fleet.check_instance_types(self.spec.instance_types)
+        self.subnets = self.fleet.subnets(self.spec.subnet_ids)
+        if self.mgr.table_exists():
+            self.item = self.mgr.registry.get_cluster(self.spec.name)
+        if self.item is not None:
+            self._check_resumable(self.item)
+
+    def _check_resumable(self, item: dict) -> None:
+        name, status = self.spec.name, item.get("status")
+        if status == "creating" and item.get("spec") == self.spec.to_json():
+            self.mgr.say(0, 0, f"resuming the half-made cluster {name}")
+            return
+        if status == "creating":
+            raise UserError(f"cluster {name!r} is half-created with different settings",
+                            f"re-run create with the same settings, or 'ec2mpi destroy {name}' first")
+        if status == "destroying":
+            raise UserError(f"cluster {name!r} is being destroyed",
+                            f"re-run 'ec2mpi destroy {name}' first")
+        raise UserError(f"cluster {name!r} already exists",
+                        f"pick another name, or 'ec2mpi destroy {name}' first")
+
+    def steps(self, wait: bool, timeout: float) -> list:
+        return [
+            ("registry", self.registry_item),
+            ("cluster keys stored", self.cluster_keys),
+            ("security group", self.security_group),
+            ("instance role", self.instance_role),
+            ("shared storage", self.shared_storage),
+            ("ec2mpi wheel uploaded", self.wheel),
+            ("launch template", self.launch_template),
+            ("launched", self.launch),
+            ("ready", self.mark_ready),
+            ("done", lambda: self.wait(wait, timeout)),
+        ]
+
+    # -- the steps ----------------------------------------------------------------
+    def registry_item(self) -> None:
+        """First: from here on, a crash leaves something create can resume."""
+        reg = self.mgr.registry
+        reg.ensure_table()
+        self.mgr._table = True
+        if self.item is None:
+            reg.create_cluster(self.spec.name, self.spec.to_json(), status="creating")
+            self.item = {}
+        if not self.item.get("launch_token"):
+            self.item["launch_token"] = uuid.uuid4().hex
+            reg.update_cluster(self.spec.name, launch_token=self.item["launch_token"])
+
+    def cluster_keys(self) -> None:
+        ks = self.mgr.keystore
+        ks.ensure_bucket()
+        if not ks.has_keys(self.spec.name):
+            from ..keys import ClusterKeys
+            ks.put_keys(self.spec.name, ClusterKeys.generate(self.spec.name))
+
+    def security_group(self) -> None:
+        self.sg = self.fleet.ensure_security_group(self.fleet.default_vpc(self.subnets),
+                                                   self.spec.ssh_cidr)
+
+    def instance_role(self) -> None:
+        spec, aws = self.spec, self.mgr.aws
+        role = NodeRole(aws, spec.name)
+        policy = node_policy(spec.name, self.mgr.keystore.bucket, self.region, aws.account_id(),
+                             spec.storage)
+        self.profile_arn = role.ensure(policy)
+        role.wait_usable()
+
+    def shared_storage(self) -> str:
+        if self.spec.storage == "efs":
+            self.fleet.authorize(self.sg, [{
+                "IpProtocol": "tcp", "FromPort": NFS_PORT, "ToPort": NFS_PORT,
+                "UserIdGroupPairs": [{"GroupId": self.sg, "Description": "NFS from the cluster"}]}])
+            self.storage_id = Efs(self.mgr.aws, self.spec.name).ensure(
+                [s["SubnetId"] for s in self.subnets], self.sg)
+        return f"shared storage ({self.spec.storage})"
+
+    def wheel(self) -> None:
+        """The code the nodes run: this very client."""
+        wheel_name, data = selfwheel.build()
+        self.wheel_key = self.mgr.keystore.put_wheel(self.spec.name, wheel_name, data)
+
+    def launch_template(self) -> None:
+        spec = self.spec
+        params = UserDataParams(
+            cluster=spec.name, region=self.region, bucket=self.mgr.keystore.bucket,
+            table=REGISTRY_TABLE, version=__version__, wheel_key=self.wheel_key,
+            storage=spec.storage, storage_id=self.storage_id, shared_path=spec.shared_path,
+            user=spec.user, prefix=NODE_PREFIX)
+        image = self.fleet.resolve_image(spec.image_id, DEFAULT_IMAGE_PARAMETER)
+        self.lt = self.fleet.ensure_launch_template(image, self.profile_arn, self.sg,
+                                                    render(params))
+
+    def launch(self) -> str:
+        """All N nodes in ONE call; node 0 is the master."""
+        spec = self.spec
+        pg = placement_group(self.mgr, self.fleet, spec)
+        self.ids = self.fleet.launch(self.lt, spec.nodes, self.item["launch_token"],
+                                     spec.instance_types, self.subnets, spot=spec.spot,
+                                     placement_group=pg)
+        master = self.mgr.registry.set_master(spec.name, self.ids[0])
+        self.fleet.tag([master], **{TAG_ROLE: "master"})
+        return f"launched {len(self.ids)} node(s)"
+
+    def mark_ready(self) -> None:
+        self.mgr.registry.update_cluster(self.spec.name, status="ready")
+
+    def wait(self, wait: bool, timeout: float) -> None:
+        if wait:
+            wait_ready(self.mgr, self.spec.name, self.ids, timeout)

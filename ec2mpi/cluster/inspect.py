@@ -1,0 +1,124 @@
+"""Looking at a cluster: status (registry joined with EC2), list, cost, hostfile, keys, console."""
+from __future__ import annotations
+
+import time
+
+from ..aws.fleet import LIVE_STATES, Fleet
+from ..aws.pricing import on_demand_prices, spot_prices
+from ..config import ClusterSpec, validate_name
+from ..errors import UserError
+from .model import ClusterStatus, ClusterSummary, CostEstimate, NodeStatus
+
+HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -> reported lost
+
+
+def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
+    validate_name(name)
+    mgr.preflight()
+    item = mgr.require(name)
+    spec = ClusterSpec.from_json(item["spec"])
+    master = item.get("master")
+    fleet = Fleet(mgr.aws, name)
+    instances = {i.instance_id: i for i in fleet.instances(states=LIVE_STATES + ("terminated",))}
+    order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
+    now = time.time()
+    nodes = []
+    for n in mgr.registry.nodes(name):
+        inst = instances.pop(n.instance_id, None)
+        state = n.state
+        if inst is None or inst.state in ("shutting-down", "terminated"):
+            state = "lost"   # still a member in the registry, but its instance is gone
+        elif n.heartbeat and now - n.heartbeat > HEARTBEAT_LOST_AFTER:
+            state = "lost"   # running, but its agent stopped answering
+        nodes.append(NodeStatus(
+            n.instance_id, "master" if n.instance_id == master else n.role,
+            n.instance_type or (inst.instance_type if inst else ""),
+            inst.lifecycle if inst else n.lifecycle, n.private_ip or (inst.private_ip if inst else ""),
+            inst.public_ip if inst else "", state, n.slots, n.hostname,
+            now - n.heartbeat if n.heartbeat else None))
+    for inst in instances.values():
+        if inst.state in ("shutting-down", "terminated"):
+            continue   # gone before it ever registered
+        nodes.append(NodeStatus(inst.instance_id, "master" if inst.instance_id == master else "worker",
+                                inst.instance_type, inst.lifecycle, inst.private_ip, inst.public_ip,
+                                "pending", 0))
+    nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30), n.instance_id))
+    st = ClusterStatus(name, item.get("status", "?"), spec, int(item.get("epoch", 0)), nodes)
+    if with_cost:
+        st.cost = cost_of(mgr, nodes)
+    return st
+
+
+def list_clusters(mgr) -> list:
+    mgr.preflight()
+    out = []
+    for item in mgr.registry.list_clusters():
+        nodes = mgr.registry.nodes(item["cluster"])
+        out.append(ClusterSummary(item["cluster"], item.get("status", "?"), len(nodes),
+                                  sum(1 for n in nodes if n.state == "ready"), int(item.get("created", 0))))
+    return out
+
+
+def cost(mgr, name: str) -> CostEstimate:
+    validate_name(name)
+    mgr.preflight()
+    mgr.require(name)
+    fleet = Fleet(mgr.aws, name)
+    live = [i for i in fleet.instances(states=("pending", "running"))]
+    return price(mgr, [(i.instance_type, i.lifecycle) for i in live])
+
+
+def cost_of(mgr, nodes: list) -> CostEstimate:
+    return price(mgr, [(n.instance_type, n.lifecycle) for n in nodes
+                        if n.state not in ("lost", "terminated") and n.instance_type])
+
+
+def price(mgr, members: list) -> CostEstimate:
+    counts: dict = {}
+    for itype, lifecycle in members:
+        counts[(itype, lifecycle)] = counts.get((itype, lifecycle), 0) + 1
+    spot_types = sorted({t for t, lc in counts if lc == "spot"})
+    od_types = sorted({t for t, lc in counts if lc != "spot"})
+    sources = []
+    spot = spot_prices(mgr.aws, spot_types) if spot_types else {}
+    if spot_types:
+        sources.append("spot: EC2 spot price history")
+    od, od_source = on_demand_prices(mgr.aws, mgr.preflight(), od_types) if od_types else ({}, "")
+    if od_types:
+        sources.append(f"on-demand: {od_source}")
+    est = CostEstimate(0.0, source="; ".join(sources) or "no running nodes")
+    for (itype, lifecycle), n in sorted(counts.items()):
+        unit = (spot if lifecycle == "spot" else od).get(itype)
+        est.by_type[itype] = (n, unit, lifecycle)
+        est.per_hour += n * (unit or 0.0)
+    missing = sorted(t for t, (_, unit, _) in est.by_type.items() if unit is None)
+    if missing:
+        est.source += f"; no price known for {', '.join(missing)}"
+    return est
+
+
+def hostfile(mgr, name: str) -> str:
+    """Open MPI hostfile of the ready nodes, master first: exactly what the master writes."""
+    from ..agent.hostfile import render_openmpi
+    validate_name(name)
+    mgr.preflight()
+    mgr.require(name)
+    return render_openmpi(mgr.registry.nodes(name))
+
+
+def keys(mgr, name: str):
+    """The cluster's ClusterKeys (identity + host key) from the key store, for client SSH."""
+    validate_name(name)
+    mgr.preflight()
+    mgr.require(name)
+    return mgr.keystore.get_keys(name)
+
+
+def console_output(mgr, name: str, instance_id: str) -> str:
+    validate_name(name)
+    mgr.preflight()
+    fleet = Fleet(mgr.aws, name)
+    if not fleet.instances(states=None, ids=[instance_id]):
+        raise UserError(f"{instance_id} is not a node of cluster {name!r}", "see 'ec2mpi status' for its nodes")
+    return fleet.console_output(instance_id)
+

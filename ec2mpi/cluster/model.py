@@ -1,0 +1,73 @@
+"""What the orchestration reports: plain dataclasses, shared by the CLI, the shell and --json."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..config import ClusterSpec
+
+# progress(done, total, message): called while working or waiting; cheap, never raises.
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class NodeStatus:
+    instance_id: str
+    role: str                     # master | worker
+    instance_type: str
+    lifecycle: str                # spot | on-demand
+    private_ip: str
+    public_ip: str
+    state: str                    # booting | ready | draining | pending | lost | terminated
+    slots: int
+    hostname: str = ""
+    heartbeat_age: Optional[float] = None   # seconds since the node's last heartbeat
+
+
+@dataclass
+class CostEstimate:
+    per_hour: float               # USD per hour for the whole cluster
+    by_type: dict = field(default_factory=dict)   # instance type -> (count, unit price, lifecycle)
+    source: str = ""              # where the prices came from, said to the user
+
+
+@dataclass
+class ClusterStatus:
+    name: str
+    status: str                   # creating | ready | destroying | ...
+    spec: ClusterSpec
+    epoch: int
+    nodes: list = field(default_factory=list)   # list[NodeStatus], master first
+    cost: Optional[CostEstimate] = None
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for n in self.nodes if n.state == "ready")
+
+    @property
+    def master(self) -> Optional[NodeStatus]:
+        return next((n for n in self.nodes if n.role == "master"), None)
+
+
+@dataclass
+class ClusterSummary:
+    name: str
+    status: str
+    nodes: int
+    ready: int
+    created: int
+
+
+@dataclass
+class DestroyReport:
+    removed: dict = field(default_factory=dict)   # kind -> list of ids/names removed
+    leftovers: list = field(default_factory=list)  # anything tagged that could not be removed
+
+
+def run_steps(steps, progress: ProgressFn) -> None:
+    """Run (label, step) pairs in order; after each, report k/len(steps) with its label.
+
+    One list drives both the work and the progress bar, so the count cannot drift."""
+    for k, (label, step) in enumerate(steps, 1):
+        message = step()
+        progress(k, len(steps), message if isinstance(message, str) else label)

@@ -1,0 +1,50 @@
+"""Waiting on the agents: reads of the registry only, so O(1) calls per poll at any size."""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..errors import WaitTimeout
+
+log = logging.getLogger(__name__)
+
+
+def wait_ready(mgr, name: str, ids: list, timeout: float) -> None:
+    """Until every id is 'ready' and the master's hostfile lists them (mpirun can use them)."""
+    want = set(ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {n.instance_id for n in mgr.registry.nodes(name) if n.state == "ready"} & want
+        mgr.say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
+        if ready == want:
+            if hostfile_caught_up(mgr, name):
+                return
+            mgr.say(len(ready), len(want), "waiting for the master's hostfile")
+        if time.monotonic() >= deadline:
+            if ready == want:
+                raise WaitTimeout(f"all {len(want)} node(s) are ready but the master's hostfile "
+                                  f"has not caught up after {timeout:.0f}s",
+                                  f"check the master: ec2mpi logs master -c {name}")
+            missing = sorted(want - ready)
+            raise WaitTimeout(f"{len(missing)} of {len(want)} node(s) not ready after "
+                              f"{timeout:.0f}s: {', '.join(missing)}",
+                              f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting")
+        time.sleep(max(0.0, min(mgr.poll_interval, deadline - time.monotonic())))
+
+
+def hostfile_caught_up(mgr, name: str) -> bool:
+    """The master's watcher has written the hostfile for the current membership epoch."""
+    item = mgr.registry.get_cluster(name) or {}
+    return item.get("hostfile_epoch", -1) >= item.get("epoch", 0)
+
+
+def let_master_drop(mgr, name: str, timeout: float) -> None:
+    """After draining: give the master's hostfile a moment to drop the nodes (bounded: a
+    dead master must not block a removal)."""
+    deadline = time.monotonic() + timeout
+    while not hostfile_caught_up(mgr, name):
+        if time.monotonic() >= deadline:
+            log.warning("the master's hostfile did not drop the drained nodes within %.0fs; "
+                        "removing anyway", timeout)
+            return
+        time.sleep(mgr.poll_interval)
