@@ -12,9 +12,11 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .. import __version__, selfwheel
-from ..aws.fleet import PLACEMENT_UNSUPPORTED, Fleet
 from ..aws.iam import NodeRole, node_policy
+from ..aws.instances import Instances, LaunchRequest
+from ..aws.network import Network
 from ..aws.storage import NFS_PORT, Efs
+from ..aws.templates import PLACEMENT_UNSUPPORTED, Templates
 from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, TAG_ROLE, ClusterSpec
 from ..errors import UserError
 from ..userdata import UserDataParams, render
@@ -45,10 +47,10 @@ def complete_spec(mgr, spec: ClusterSpec) -> ClusterSpec:
     return spec.replace(ssh_cidr=f"{ip}/{ip.max_prefixlen}")
 
 
-def placement_group(mgr, fleet: Fleet, spec: ClusterSpec) -> Optional[str]:
+def placement_group(mgr, templates: Templates, spec: ClusterSpec) -> Optional[str]:
     if not spec.placement_group:
         return None
-    pg = fleet.ensure_placement_group()
+    pg = templates.ensure_placement_group()
     if pg is None:
         mgr.say(0, 0, PLACEMENT_UNSUPPORTED)
     return pg
@@ -59,7 +61,9 @@ class Creation:
 
     def __init__(self, mgr, spec: ClusterSpec, region: str):
         self.mgr, self.spec, self.region = mgr, spec, region
-        self.fleet = Fleet(mgr.aws, spec.name)
+        self.network = Network(mgr.aws, spec.name)
+        self.templates = Templates(mgr.aws, spec.name)
+        self.instances = Instances(mgr.aws, spec.name)
         self.item: Optional[dict] = None
         self.subnets: list = []
         self.sg = self.profile_arn = self.wheel_key = self.lt = ""
@@ -68,8 +72,8 @@ class Creation:
 
     def check(self) -> None:
         """Everything that can refuse before anything is made."""
-        self.fleet.check_instance_types(self.spec.instance_types)
-        self.subnets = self.fleet.subnets(self.spec.subnet_ids)
+        self.templates.check_instance_types(self.spec.instance_types)
+        self.subnets = self.network.subnets(self.spec.subnet_ids)
         if self.mgr.table_exists():
             self.item = self.mgr.registry.get_cluster(self.spec.name)
         if self.item is not None:
@@ -124,7 +128,7 @@ class Creation:
             ks.put_keys(self.spec.name, ClusterKeys.generate(self.spec.name))
 
     def security_group(self) -> None:
-        self.sg = self.fleet.ensure_security_group(self.fleet.default_vpc(self.subnets),
+        self.sg = self.network.ensure_security_group(self.network.default_vpc(self.subnets),
                                                    self.spec.ssh_cidr)
 
     def instance_role(self) -> None:
@@ -137,7 +141,7 @@ class Creation:
 
     def shared_storage(self) -> str:
         if self.spec.storage == "efs":
-            self.fleet.authorize(self.sg, [{
+            self.network.authorize(self.sg, [{
                 "IpProtocol": "tcp", "FromPort": NFS_PORT, "ToPort": NFS_PORT,
                 "UserIdGroupPairs": [{"GroupId": self.sg, "Description": "NFS from the cluster"}]}])
             self.storage_id = Efs(self.mgr.aws, self.spec.name).ensure(
@@ -156,19 +160,19 @@ class Creation:
             table=REGISTRY_TABLE, version=__version__, wheel_key=self.wheel_key,
             storage=spec.storage, storage_id=self.storage_id, shared_path=spec.shared_path,
             user=spec.user, prefix=NODE_PREFIX)
-        image = self.fleet.resolve_image(spec.image_id, DEFAULT_IMAGE_PARAMETER)
-        self.lt = self.fleet.ensure_launch_template(image, self.profile_arn, self.sg,
-                                                    render(params))
+        image = self.templates.resolve_image(spec.image_id, DEFAULT_IMAGE_PARAMETER)
+        self.lt = self.templates.ensure_launch_template(image, self.profile_arn, self.sg,
+                                                        render(params))
 
     def launch(self) -> str:
         """All N nodes in ONE call; node 0 is the master."""
         spec = self.spec
-        pg = placement_group(self.mgr, self.fleet, spec)
-        self.ids = self.fleet.launch(self.lt, spec.nodes, self.item["launch_token"],
-                                     spec.instance_types, self.subnets, spot=spec.spot,
-                                     placement_group=pg)
+        pg = placement_group(self.mgr, self.templates, spec)
+        self.ids = self.instances.launch(LaunchRequest(
+            self.lt, spec.nodes, self.item["launch_token"], spec.instance_types,
+            tuple(self.subnets), spot=spec.spot, placement_group=pg))
         master = self.mgr.registry.set_master(spec.name, self.ids[0])
-        self.fleet.tag([master], **{TAG_ROLE: "master"})
+        self.instances.tag([master], **{TAG_ROLE: "master"})
         return f"launched {len(self.ids)} node(s)"
 
     def mark_ready(self) -> None:

@@ -1,12 +1,12 @@
 """destroy: remove everything of the cluster, registry item or not; then prove nothing is left."""
 from __future__ import annotations
 
-from typing import Optional
-
-from ..aws.fleet import Fleet
 from ..aws.iam import NodeRole
+from ..aws.instances import Instances
+from ..aws.network import Network
 from ..aws.storage import Efs
 from ..aws.tagging import tagged_resources
+from ..aws.templates import Templates
 from ..config import validate_name
 from ..errors import UserError
 from .model import DestroyReport, run_steps
@@ -16,10 +16,11 @@ def destroy(mgr, name: str) -> DestroyReport:
     """Remove everything of the cluster, registry item or not; then prove nothing is left."""
     validate_name(name)
     mgr.preflight()
-    fleet = Fleet(mgr.aws, name)
+    network, templates = Network(mgr.aws, name), Templates(mgr.aws, name)
+    insts = Instances(mgr.aws, name)
     item = mgr.registry.get_cluster(name) if mgr.table_exists() else None
-    instances = fleet.instances()
-    if item is None and not instances and not anything_left(mgr, name, fleet):
+    instances = insts.instances()
+    if item is None and not instances and not leftovers(mgr, name):
         raise UserError(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
     if item is not None:
         mgr.registry.update_cluster(name, status="destroying")
@@ -27,8 +28,8 @@ def destroy(mgr, name: str) -> DestroyReport:
     ids = [i.instance_id for i in instances]
 
     def instances_gone() -> list:
-        removed = fleet.terminate(ids)
-        fleet.wait_terminated(ids)
+        removed = insts.terminate(ids)
+        insts.wait_terminated(ids)
         return removed
 
     def registry_items() -> list:
@@ -37,12 +38,12 @@ def destroy(mgr, name: str) -> DestroyReport:
         return []
 
     steps = [
-        ("fleets", lambda: fleet.delete_fleets_and_spot_requests(ids)),
+        ("fleets", lambda: insts.delete_fleets_and_spot_requests(ids)),
         ("instances", instances_gone),
-        ("launch template", lambda: fleet.delete_launch_template() + fleet.delete_placement_group()
-         + fleet.delete_volumes()),
+        ("launch template", lambda: templates.delete_launch_template() + templates.delete_placement_group()
+         + insts.delete_volumes()),
         ("efs", lambda: Efs(mgr.aws, name).delete()),
-        ("security group", fleet.delete_security_group),
+        ("security group", network.delete_security_group),
         ("iam", lambda: NodeRole(mgr.aws, name).delete()),
         ("s3 objects", lambda: mgr.keystore.delete_prefix(name)),
         ("registry items", registry_items),
@@ -62,30 +63,27 @@ def _recorded(report: DestroyReport, kind: str, step):
     return run
 
 
-def anything_left(mgr, name: str, fleet: Fleet) -> bool:
-    return bool(leftovers(mgr, name, fleet))
-
-
-def leftovers(mgr, name: str, fleet: Optional[Fleet] = None) -> list:
+def leftovers(mgr, name: str) -> list:
     """Everything of the cluster that still exists (tagging API + direct describes)."""
-    fleet = fleet or Fleet(mgr.aws, name)
-    live = {i.instance_id for i in fleet.instances()}
-    gone = {i.instance_id for i in fleet.instances(states=("terminated",))}
+    insts, network, templates = Instances(mgr.aws, name), Network(mgr.aws, name), Templates(mgr.aws, name)
+    live = {i.instance_id for i in insts.instances()}
+    gone = {i.instance_id for i in insts.instances(states=("terminated",))}
     left = []
     for arn in tagged_resources(mgr.aws, name):
         kind, _, rid = arn.split(":")[-1].partition("/")
         if kind == "instance" and rid in gone:
             continue            # terminated instances stay visible for a while; they bill nothing
-        if kind == "volume" and not fleet.volume_exists(rid):
+        if kind == "volume" and not insts.volume_exists(rid):
             continue
         left.append(arn)
     left += [f"instance/{i}" for i in sorted(live) if not any(i in a for a in left)]
-    if fleet.find_security_group() and not any("security-group/" in a for a in left):
-        left.append(f"security-group/{fleet.find_security_group()}")
-    if fleet.find_launch_template():
-        left.append(f"launch-template/{fleet.names.launch_template}")
+    sg = network.find_security_group()
+    if sg and not any("security-group/" in a for a in left):
+        left.append(f"security-group/{sg}")
+    if templates.find_launch_template():
+        left.append(f"launch-template/{insts.names.launch_template}")
     role = NodeRole(mgr.aws, name).exists()
-    left += [f"iam {kind}/{fleet.names.role}" for kind, there in role.items() if there]
+    left += [f"iam {kind}/{insts.names.role}" for kind, there in role.items() if there]
     fs = Efs(mgr.aws, name).find()
     if fs:
         left.append(f"efs/{fs['FileSystemId']}")

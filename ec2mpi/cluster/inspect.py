@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from ..aws.fleet import LIVE_STATES, Fleet
+from ..aws.instances import LIVE_STATES, Instances
 from ..aws.pricing import on_demand_prices, spot_prices
 from ..config import ClusterSpec, validate_name
 from ..errors import UserError
@@ -18,8 +18,7 @@ def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
     item = mgr.require(name)
     spec = ClusterSpec.from_json(item["spec"])
     master = item.get("master")
-    fleet = Fleet(mgr.aws, name)
-    instances = {i.instance_id: i for i in fleet.instances(states=LIVE_STATES + ("terminated",))}
+    instances = {i.instance_id: i for i in Instances(mgr.aws, name).instances(states=LIVE_STATES + ("terminated",))}
     order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
     now = time.time()
     nodes = []
@@ -63,8 +62,7 @@ def cost(mgr, name: str) -> CostEstimate:
     validate_name(name)
     mgr.preflight()
     mgr.require(name)
-    fleet = Fleet(mgr.aws, name)
-    live = [i for i in fleet.instances(states=("pending", "running"))]
+    live = Instances(mgr.aws, name).instances(states=("pending", "running"))
     return price(mgr, [(i.instance_type, i.lifecycle) for i in live])
 
 
@@ -117,8 +115,8 @@ def keys(mgr, name: str):
 def console_output(mgr, name: str, instance_id: str) -> str:
     validate_name(name)
     mgr.preflight()
-    fleet = Fleet(mgr.aws, name)
-    if not fleet.instances(states=None, ids=[instance_id]):
+    instances = Instances(mgr.aws, name)
+    if not instances.instances(states=None, ids=[instance_id]):
         raise UserError(f"{instance_id} is not a node of cluster {name!r}", "see 'ec2mpi status' for its nodes")
-    return fleet.console_output(instance_id)
+    return instances.console_output(instance_id)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import uuid
 from typing import Optional
 
-from ..aws.fleet import Fleet
+from ..aws.instances import Instances, LaunchRequest
+from ..aws.network import Network
+from ..aws.templates import Templates
 from ..config import ClusterSpec, parse_count, validate_name
 from ..errors import CloudError, UserError
 from .create import placement_group
@@ -26,15 +28,15 @@ def ready_cluster(mgr, name: str) -> tuple[dict, ClusterSpec]:
 def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
     count = parse_count(count)
     item, spec = ready_cluster(mgr, name)
-    fleet = Fleet(mgr.aws, name)
-    lt = fleet.find_launch_template()
+    templates, instances = Templates(mgr.aws, name), Instances(mgr.aws, name)
+    lt = templates.find_launch_template()
     if lt is None:
         raise CloudError(f"the launch template of cluster {name!r} is missing",
                          f"destroy and re-create the cluster: ec2mpi destroy {name}")
-    subnets = fleet.subnets(spec.subnet_ids)
-    pg = placement_group(mgr, fleet, spec)
-    ids = fleet.launch(lt, count, uuid.uuid4().hex, spec.instance_types, subnets, spot=spec.spot,
-                       placement_group=pg)
+    subnets = Network(mgr.aws, name).subnets(spec.subnet_ids)
+    pg = placement_group(mgr, templates, spec)
+    ids = instances.launch(LaunchRequest(lt, count, uuid.uuid4().hex, spec.instance_types,
+                                         tuple(subnets), spot=spec.spot, placement_group=pg))
     mgr.say(0, len(ids), f"launched {len(ids)} node(s)")
     if wait:
         wait_ready(mgr, name, ids, timeout)
@@ -47,8 +49,8 @@ def remove_nodes(mgr, name: str, count: Optional[int], instance_ids: Optional[li
                         "e.g. remove-nodes 2, or --node i-0123")
     item, spec = ready_cluster(mgr, name)
     master = item.get("master")
-    fleet = Fleet(mgr.aws, name)
-    live = fleet.instances()
+    instances = Instances(mgr.aws, name)
+    live = instances.instances()
     registered = {n.instance_id for n in mgr.registry.nodes(name)}
     members = [i.instance_id for i in live] + sorted(registered - {i.instance_id for i in live})
     if instance_ids:
@@ -73,7 +75,7 @@ def remove_nodes(mgr, name: str, count: Optional[int], instance_ids: Optional[li
     if any(i in registered for i in chosen):
         mgr.say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
         let_master_drop(mgr, name, DRAIN_WAIT)
-    fleet.terminate([i for i in chosen if i in {x.instance_id for x in live}])
+    instances.terminate([i for i in chosen if i in {x.instance_id for x in live}])
     for iid in chosen:
         if iid in registered:
             mgr.registry.delete_node(name, iid)

@@ -10,11 +10,13 @@ import time
 
 import pytest
 
-from ec2mpi.aws.fleet import PLACEMENT_UNSUPPORTED, Fleet
 from ec2mpi.aws.iam import NodeRole
+from ec2mpi.aws.instances import Instances
 from ec2mpi.aws.keystore import KeyStore
+from ec2mpi.aws.network import Network
 from ec2mpi.aws.registry import Node, Registry
 from ec2mpi.aws.storage import Efs
+from ec2mpi.aws.templates import PLACEMENT_UNSUPPORTED, Templates
 from ec2mpi.cluster import ClusterManager
 from ec2mpi.config import TAG_CLUSTER, TAG_LAUNCH, TAG_ROLE, ClusterSpec
 from ec2mpi.errors import UserError, WaitTimeout
@@ -36,12 +38,12 @@ def manager(aws, progress=None):
 
 
 def live_ids(aws, name):
-    return [i.instance_id for i in Fleet(aws, name).instances()]
+    return [i.instance_id for i in Instances(aws, name).instances()]
 
 
 def state(aws, name):
     """What exists for the cluster, service by service."""
-    ks, reg, fleet = KeyStore(aws), Registry(aws), Fleet(aws, name)
+    ks, reg = KeyStore(aws), Registry(aws)
     fs = Efs(aws, name).find()
     return {
         "instances": live_ids(aws, name),
@@ -51,15 +53,15 @@ def state(aws, name):
         "iam": NodeRole(aws, name).exists(),
         "efs": fs["FileSystemId"] if fs else None,
         "mount_targets": len(Efs(aws, name).mount_targets(fs["FileSystemId"])) if fs else 0,
-        "sg": fleet.find_security_group(),
-        "lt": fleet.find_launch_template(),
+        "sg": Network(aws, name).find_security_group(),
+        "lt": Templates(aws, name).find_launch_template(),
     }
 
 
 def play_agents(aws, name, ids, ready=True):
     """What each node's agent does at boot: register, then report ready."""
     reg = Registry(aws)
-    by_id = {i.instance_id: i for i in Fleet(aws, name).instances(ids=ids)}
+    by_id = {i.instance_id: i for i in Instances(aws, name).instances(ids=ids)}
     master = reg.get_cluster(name).get("master")
     for iid in ids:
         inst = by_id[iid]
@@ -84,10 +86,10 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     assert s["s3"] == sorted(["id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
                               "ec2mpi-0.1.0-py3-none-any.whl"])
     assert s["iam"] == {"role": True, "instance_profile": True}
-    assert s["efs"] and s["mount_targets"] == len(Fleet(aws, name).subnets())
+    assert s["efs"] and s["mount_targets"] == len(Network(aws, name).subnets())
     assert s["sg"] and s["lt"] and s["node_items"] == []
     assert [n.state for n in st.nodes] == ["pending"] * 3 and st.nodes[0].role == "master"
-    master = Fleet(aws, name).instances(ids=[s["instances"][0]])[0]
+    master = Instances(aws, name).instances(ids=[s["instances"][0]])[0]
     assert master.tags[TAG_ROLE] == "master" and master.lifecycle == "spot"
 
     play_agents(aws, name, s["instances"])
@@ -215,16 +217,16 @@ def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at
     st = manager(aws).create(spec, wait=False)          # resume
     after = live_ids(aws, cluster_name)
     assert len(after) == 3 and set(before) <= set(after)
-    assert {i.tags[TAG_LAUNCH] for i in Fleet(aws, cluster_name).instances()} == {item["launch_token"]}
+    assert {i.tags[TAG_LAUNCH] for i in Instances(aws, cluster_name).instances()} == {item["launch_token"]}
     assert Registry(aws).get_cluster(cluster_name)["status"] == "ready" and len(st.nodes) == 3
-    assert len(Fleet(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
+    assert len(Network(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
     with pytest.raises(UserError, match="already exists"):
         manager(aws).create(spec, wait=False)
     assert manager(aws).destroy(cluster_name).leftovers == []
 
 
 def st_sg(aws, name):
-    return Fleet(aws, name).find_security_group()
+    return Network(aws, name).find_security_group()
 
 
 def test_resume_with_different_settings_is_refused(aws, cluster_name):
@@ -285,7 +287,7 @@ def test_bucket_is_hardened(built, controlplane):
 
 def test_security_group_rules(built):
     aws, name = built
-    rules = Fleet(aws, name).security_group_rules(st_sg(aws, name))
+    rules = Network(aws, name).security_group_rules(st_sg(aws, name))
     ssh = [r for r in rules if r.get("FromPort") == 22]
     assert len(ssh) == 1 and [x["CidrIp"] for x in ssh[0]["IpRanges"]] == [CIDR]
     everything = [r for r in rules if r["IpProtocol"] == "-1"]
@@ -296,7 +298,7 @@ def test_security_group_rules(built):
 
 def test_launch_template_and_user_data(built):
     aws, name = built
-    data = Fleet(aws, name).launch_template_data()
+    data = Templates(aws, name).launch_template_data()
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
     assert data["MetadataOptions"]["HttpPutResponseHopLimit"] in (1, 2)

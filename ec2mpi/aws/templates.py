@@ -1,0 +1,130 @@
+"""What every node of a cluster starts from: instance types, the image, the launch template
+(IMDSv2, instance profile, user-data stub, tags) and the optional placement group."""
+from __future__ import annotations
+
+import base64
+import logging
+
+from botocore.parsers import ResponseParserError
+
+from ..config import TAG_CLUSTER, ResourceNames, cluster_tags
+from ..errors import UserError, explain_client_error
+from .session import AwsSession, BotoCoreError, ClientError, error_code
+
+log = logging.getLogger(__name__)
+
+
+PLACEMENT_UNSUPPORTED = "placement group not supported by this endpoint; launching without"
+
+
+class Templates:
+    """Instance types, image, launch template and placement group of one cluster."""
+
+    def __init__(self, session: AwsSession, cluster: str):
+        self.session = session
+        self.ec2 = session.client("ec2")
+        self.cluster = cluster
+        self.names = ResourceNames(cluster)
+
+    def check_instance_types(self, types) -> dict:
+        """Unknown types are the user's mistake: say which. Returns type -> vCPUs."""
+        try:
+            resp = self.ec2.describe_instance_types(InstanceTypes=list(types))
+        except ClientError as err:
+            if error_code(err) in ("InvalidInstanceType", "InvalidParameterValue"):
+                bad = [t for t in types if t in err.response["Error"].get("Message", "")] or list(types)
+                raise UserError(f"unknown instance type {', '.join(bad)!s} in region {self.session.region}",
+                                "use EC2 type names available there, e.g. c6i.large") from None
+            raise explain_client_error("ec2:DescribeInstanceTypes", err) from None
+        return {t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in resp["InstanceTypes"]}
+
+    def resolve_image(self, image_id: str | None, parameter: str) -> str:
+        if image_id:
+            return image_id
+        try:
+            return self.session.client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
+        except ClientError as err:
+            raise explain_client_error("ssm:GetParameter", err) from None
+
+    def find_launch_template(self) -> str | None:
+        try:
+            lts = self.ec2.describe_launch_templates(LaunchTemplateNames=[self.names.launch_template])
+        except ClientError as err:
+            if error_code(err) in ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"):
+                return None
+            raise explain_client_error("ec2:DescribeLaunchTemplates", err) from None
+        items = lts["LaunchTemplates"]
+        return items[0]["LaunchTemplateId"] if items else None
+
+    def ensure_launch_template(self, image_id: str, profile_arn: str, sg: str, user_data: str) -> str:
+        """IMDSv2 required, metadata tags on, user-data stub, instance and volume tags."""
+        lt = self.find_launch_template()
+        if lt:
+            return lt
+        tags = cluster_tags(self.cluster)
+        data = {
+            "ImageId": image_id,
+            "IamInstanceProfile": {"Arn": profile_arn},
+            "SecurityGroupIds": [sg],
+            "UserData": base64.b64encode(user_data.encode()).decode(),
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                "HttpPutResponseHopLimit": 2, "InstanceMetadataTags": "enabled"},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+        }
+        try:
+            return self.ec2.create_launch_template(
+                LaunchTemplateName=self.names.launch_template, LaunchTemplateData=data,
+                TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
+            )["LaunchTemplate"]["LaunchTemplateId"]
+        except ClientError as err:
+            if error_code(err) == "InvalidLaunchTemplateName.AlreadyExistsException":
+                return self.find_launch_template()
+            raise explain_client_error("ec2:CreateLaunchTemplate", err) from None
+
+    def launch_template_data(self) -> dict:
+        lt = self.find_launch_template()
+        resp = self.ec2.describe_launch_template_versions(LaunchTemplateId=lt, Versions=["$Latest"])
+        return resp["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+
+    def delete_launch_template(self) -> list[str]:
+        lt = self.find_launch_template()
+        if lt is None:
+            return []
+        try:
+            self.ec2.delete_launch_template(LaunchTemplateId=lt)
+        except ClientError as err:
+            if error_code(err) not in ("InvalidLaunchTemplateId.NotFound",):
+                raise explain_client_error("ec2:DeleteLaunchTemplate", err) from None
+        return [lt]
+
+    def ensure_placement_group(self) -> str | None:
+        """A cluster placement group, or None (with a warning) where the endpoint lacks them."""
+        name = self.names.placement_group
+        try:
+            self.session.client("ec2", max_attempts=1).create_placement_group(GroupName=name, Strategy="cluster",
+                                            TagSpecifications=[{"ResourceType": "placement-group",
+                                                                "Tags": cluster_tags(self.cluster)}])
+            return name
+        except ClientError as err:
+            code = error_code(err)
+            if code == "InvalidPlacementGroup.Duplicate":
+                return name
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NotImplemented", "InternalError", "500", "501") or status >= 500:
+                log.warning(PLACEMENT_UNSUPPORTED)
+                return None
+            raise explain_client_error("ec2:CreatePlacementGroup", err) from None
+        except (BotoCoreError, ResponseParserError):  # an emulator answering with an HTML 500 page
+            log.warning(PLACEMENT_UNSUPPORTED)
+            return None
+
+    def delete_placement_group(self) -> list[str]:
+        try:
+            groups = self.session.client("ec2", max_attempts=1).describe_placement_groups(
+                Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}])["PlacementGroups"]
+        except (ClientError, BotoCoreError, ResponseParserError):
+            return []  # the endpoint has no placement groups, so we made none
+        for g in groups:
+            self.ec2.delete_placement_group(GroupName=g["GroupName"])
+        return [g["GroupName"] for g in groups]
