@@ -21,20 +21,20 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from ec2mpi.cluster import ClusterManager  # noqa: E402
 from ec2mpi.config import ClusterSpec  # noqa: E402
-from ec2mpi.localcloud import server  # noqa: E402
+from ec2mpi.localcloud import control  # noqa: E402
 from ec2mpi.localcloud.nodes import SUBNET  # noqa: E402
 
 PINGPONG = ["python", "-m", "mpi4py.bench", "pingpong", "-a", "none", "-m", "8", "-n", "1048576", "-l", "300"]
 
 
 def manager(info):
-    return ClusterManager(server.session(info))
+    return ClusterManager(control.session(info))
 
 
 def settle(timeout=120):
     """Wait until the local cloud has torn down every node: each part runs on a quiet cloud."""
     deadline = time.monotonic() + timeout
-    while (server.status() or {}).get("nodes") and time.monotonic() < deadline:
+    while (control.status() or {}).get("nodes") and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -130,7 +130,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench/local_cluster.py needs root (the local cloud makes namespaces)")
     t0 = time.monotonic()
-    info = server.ensure_up(lambda done, total, m: print(f"# {m}", flush=True))
+    info = control.ensure_up(lambda done, total, m: print(f"# {m}", flush=True))
     print(f"# local cloud up in {time.monotonic() - t0:.1f} s at {info.endpoint}; {os.cpu_count()} cores")
     skip = set(args.skip.split(","))
     if "create" not in skip:

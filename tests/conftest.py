@@ -73,8 +73,8 @@ def have_root_namespaces() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def leave_the_local_cloud_as_found():
     """Tests share the machine's local cloud; if the suite started it, the suite stops it."""
-    from ec2mpi.localcloud import server
-    was_up = os.geteuid() == 0 and server.status() is not None
+    from ec2mpi.localcloud import control
+    was_up = os.geteuid() == 0 and control.status() is not None
     yield
-    if os.geteuid() == 0 and not was_up and server.status() is not None:
-        server.down()
+    if os.geteuid() == 0 and not was_up and control.status() is not None:
+        control.down()

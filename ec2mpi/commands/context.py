@@ -99,9 +99,9 @@ class Context:
         key = (bool(self.args.local), self.args.profile, self.args.region)
         if self._aws is None or key != self._aws_key:
             if self.args.local:
-                from ..localcloud import server
-                self.local_info = server.ensure_up(progress=self.progress("local cloud"))
-                self._aws = server.session(self.local_info)
+                from ..localcloud import control
+                self.local_info = control.ensure_up(progress=self.progress("local cloud"))
+                self._aws = control.session(self.local_info)
             else:
                 from ..aws.session import AwsSession
                 self._aws = AwsSession(profile=self.args.profile, region=self.args.region)

@@ -45,9 +45,9 @@ class Shell:
     def _background_manager(self):
         from ..cluster import ClusterManager
         if self.base.local:
-            from ..localcloud import server
-            info = self.ctx.local_info or server.ensure_up()
-            return ClusterManager(server.session(info))
+            from ..localcloud import control
+            info = self.ctx.local_info or control.ensure_up()
+            return ClusterManager(control.session(info))
         from ..aws.session import AwsSession
         return ClusterManager(AwsSession(profile=self.base.profile, region=self.base.region))
 

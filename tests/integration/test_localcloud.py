@@ -163,8 +163,8 @@ def test_destroy_leaves_nothing_behind(demo):
     assert not any(Path(STATE, "nodes", i).exists() for i in ids)
     listed = cli_json("list")
     assert demo not in json.dumps(listed)
-    from ec2mpi.localcloud import server
-    aws = server.session(server.ensure_up())
+    from ec2mpi.localcloud import control
+    aws = control.session(control.ensure_up())
     from ec2mpi.cluster import ClusterManager
     assert ClusterManager(aws).leftovers(demo) == []   # nothing tagged that bills or lingers
     running = aws.client("ec2").describe_instances(Filters=[
