@@ -183,14 +183,54 @@ def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float 
     raise RuntimeError(f"control plane did not start in {timeout:.0f}s; see {state / 'controlplane.log'}")
 
 
-def serve(host: str, state_dir: Path) -> None:
-    import logging
-
-    from werkzeug.serving import WSGIRequestHandler, make_server
+def _servers():
+    """The two listener classes, built on werkzeug's threaded WSGI server (imported lazily:
+    only the control-plane process needs werkzeug)."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
     class KeepAliveHandler(WSGIRequestHandler):
         """HTTP/1.1: clients reuse connections instead of a TLS handshake per request."""
         protocol_version = "HTTP/1.1"
+
+    class PlainServer(ThreadedWSGIServer):
+        """TCP_NODELAY on every connection: werkzeug writes status, headers and body
+        separately, and with Nagle + delayed ACKs a request took ~25 ms instead of ~10 ms."""
+
+        def __init__(self, host: str, app):
+            super().__init__(host, 0, app, handler=KeepAliveHandler)
+
+        def get_request(self):
+            sock, addr = self.socket.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock, addr
+
+    class TlsServer(PlainServer):
+        """TLS set up per connection in the request's own thread, not in accept() as
+        werkzeug would: a client that connects and stalls cannot block the listener."""
+
+        def __init__(self, host: str, app, tls: ssl.SSLContext):
+            super().__init__(host, app)
+            self.tls = tls
+            self.ssl_context = tls  # werkzeug then reports wsgi.url_scheme=https
+
+        def get_request(self):
+            sock, addr = super().get_request()
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+        def finish_request(self, request, client_address):
+            try:
+                request.settimeout(30)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError):  # plain HTTP on the TLS port, client rejects our CA, ...
+                return
+            super().finish_request(request, client_address)
+
+    return PlainServer, TlsServer
+
+
+def serve(host: str, state_dir: Path) -> None:
+    import logging
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -206,38 +246,9 @@ def serve(host: str, state_dir: Path) -> None:
 
     create_app = fidelity.backend_app_factory(create_backend_app)
     dispatcher = DomainDispatcherApplication(create_app)  # ONE app: same backends
-    https = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=True), threaded=True,
-                        request_handler=KeepAliveHandler)
-    http = make_server(host, 0, fidelity.RequestContextMiddleware(dispatcher, secure=False), threaded=True,
-                       request_handler=KeepAliveHandler)
-    # TLS is set up per connection in the request's own thread (not in accept(), where
-    # werkzeug would do it): a client that connects and stalls cannot block the listener.
-    https.ssl_context = ctx  # werkzeug then reports wsgi.url_scheme=https and handles SSL errors
-
-    # TCP_NODELAY: werkzeug writes status, headers and body separately, and each becomes a
-    # TLS record; with Nagle + delayed ACKs an HTTPS request took ~25 ms instead of ~10 ms.
-    def accept_plain():
-        sock, addr = http.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, addr
-
-    def accept_tls():
-        sock, addr = https.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def finish_tls(request, client_address):  # runs in the connection's own thread
-        try:
-            request.settimeout(30)
-            request.do_handshake()
-            request.settimeout(None)
-        except (OSError, ValueError):  # plain HTTP on the TLS port, client rejects our CA, ...
-            return
-        finish_request(request, client_address)
-
-    finish_request = https.finish_request
-    https.get_request, https.finish_request = accept_tls, finish_tls
-    http.get_request = accept_plain
+    PlainServer, TlsServer = _servers()
+    https = TlsServer(host, fidelity.RequestContextMiddleware(dispatcher, secure=True), ctx)
+    http = PlainServer(host, fidelity.RequestContextMiddleware(dispatcher, secure=False))
     threads = [threading.Thread(target=srv.serve_forever, args=(0.1,), name=name, daemon=True)
                for srv, name in ((https, "https"), (http, "http"))]
     for t in threads:
