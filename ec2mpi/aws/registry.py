@@ -28,7 +28,7 @@ from ..errors import CloudError, UserError, explain_client_error
 from .session import AwsSession, ClientError
 
 CLUSTER_ITEM = "cluster"
-NODE_PREFIX = "node#"
+NODE_ITEM_PREFIX = "node#"
 NODE_STATES = ("booting", "ready", "draining")
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
@@ -134,7 +134,8 @@ class Registry:
         return _load(resp["Item"]) if "Item" in resp else None
 
     def require_cluster(self, name: str) -> dict:
-        item = self.get_cluster(name) if self.table_exists() else None
+        """The cluster item, or NoSuchCluster (a UserError: exit 2)."""
+        item = self.get_cluster(name)
         if item is None:
             raise NoSuchCluster(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
         return item
@@ -177,7 +178,7 @@ class Registry:
     def delete_cluster(self, name: str) -> int:
         """Delete the cluster item and every node item; returns how many items went."""
         keys = [{"cluster": name, "item": CLUSTER_ITEM}] + [
-            {"cluster": name, "item": NODE_PREFIX + n.instance_id} for n in self.nodes(name)]
+            {"cluster": name, "item": NODE_ITEM_PREFIX + n.instance_id} for n in self.nodes(name)]
         for i in range(0, len(keys), 25):
             batch = [{"DeleteRequest": {"Key": _dump(k)}} for k in keys[i:i + 25]]
             while batch:
@@ -192,7 +193,7 @@ class Registry:
             resp = self.ddb.query(TableName=self.table, ConsistentRead=True,
                                   KeyConditionExpression="#c = :c AND begins_with(#i, :p)",
                                   ExpressionAttributeNames={"#c": "cluster", "#i": "item"},
-                                  ExpressionAttributeValues={":c": {"S": name}, ":p": {"S": NODE_PREFIX}}, **kwargs)
+                                  ExpressionAttributeValues={":c": {"S": name}, ":p": {"S": NODE_ITEM_PREFIX}}, **kwargs)
             out += [Node.from_item(_load(i)) for i in resp["Items"]]
             if "LastEvaluatedKey" not in resp:
                 return out
@@ -202,7 +203,7 @@ class Registry:
         """Register (or re-register) a node: a membership change, so the epoch moves by one."""
         node.updated = node.heartbeat = int(time.time())
         put = {"Put": {"TableName": self.table,
-                       "Item": _dump({"cluster": name, "item": NODE_PREFIX + node.instance_id, **asdict(node)})}}
+                       "Item": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + node.instance_id, **asdict(node)})}}
         self._transact(name, put)
 
     def set_node_state(self, name: str, instance_id: str, state: str) -> None:
@@ -210,7 +211,7 @@ class Registry:
         if state not in NODE_STATES:
             raise ValueError(state)
         update = {"Update": {
-            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_PREFIX + instance_id}),
+            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
             "UpdateExpression": "SET #s = :s, #u = :u", "ConditionExpression": "attribute_exists(#c)",
             "ExpressionAttributeNames": {"#s": "state", "#u": "updated", "#c": "cluster"},
             "ExpressionAttributeValues": _dump({":s": state, ":u": int(time.time())})}}
@@ -219,7 +220,7 @@ class Registry:
     def delete_node(self, name: str, instance_id: str) -> bool:
         """Remove a node item: a membership change. False if it was not there."""
         delete = {"Delete": {
-            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_PREFIX + instance_id}),
+            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
             "ConditionExpression": "attribute_exists(#c)", "ExpressionAttributeNames": {"#c": "cluster"}}}
         try:
             self._transact(name, delete)
@@ -230,7 +231,7 @@ class Registry:
     def heartbeat(self, name: str, instance_id: str) -> None:
         """Liveness only: not a membership change, the epoch does not move."""
         try:
-            self._update(name, NODE_PREFIX + instance_id, "SET #h = :h", {"#h": "heartbeat"},
+            self._update(name, NODE_ITEM_PREFIX + instance_id, "SET #h = :h", {"#h": "heartbeat"},
                          {":h": {"N": str(int(time.time()))}})
         except _ConditionFailed:
             pass  # the node was removed meanwhile; nothing to beat for

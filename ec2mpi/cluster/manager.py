@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Optional
 
 from ..aws.keystore import KeyStore
-from ..aws.registry import Registry
+from ..aws.registry import NoSuchCluster, Registry
 from ..aws.session import AwsSession
 from ..config import ClusterSpec
-from ..errors import UserError
 from . import create as _create
 from . import destroy as _destroy
 from . import inspect as _inspect
@@ -97,11 +96,10 @@ class ClusterManager:
 
     def require(self, name: str) -> dict:
         """The cluster item, or a UserError that says how to find the clusters that exist."""
-        item = self.registry.get_cluster(name) if self.table_exists() else None
-        if item is None:
-            raise UserError(f"no cluster named {name!r}",
-                            "see 'ec2mpi list' for the clusters that exist")
-        return item
+        if not self.table_exists():
+            raise NoSuchCluster(f"no cluster named {name!r}",
+                                "see 'ec2mpi list' for the clusters that exist")
+        return self.registry.require_cluster(name)
 
     def say(self, done: int, total: int, message: str) -> None:
         self.progress(done, total, message)

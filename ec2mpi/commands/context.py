@@ -24,7 +24,7 @@ class Result:
     status: int = 0
 
 
-class Progress:
+class ProgressBar:
     """A one-line progress bar on stderr (redrawn in place on a terminal, a line per change otherwise)."""
 
     def __init__(self, stream, what: str):
@@ -90,8 +90,8 @@ class Context:
         answer = sys.stdin.readline()
         return answer.strip().lower() in ("y", "yes")
 
-    def progress(self, what: str) -> Progress:
-        return Progress(self.err, what)
+    def progress(self, what: str) -> ProgressBar:
+        return ProgressBar(self.err, what)
 
     # AWS
     @property

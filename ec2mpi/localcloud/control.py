@@ -107,7 +107,7 @@ def _refuse_foreign(state: Path) -> None:
 def ensure_up(progress=None) -> LocalCloudInfo:
     """Start the local cloud unless it already runs; return how to reach it.
 
-    progress(done, total, message), the same convention as cluster.Progress.
+    progress(done, total, message), the same convention as cluster.ProgressFn.
     """
     report = progress or (lambda done, total, message: None)
     steps = iter(range(1, 100))
