@@ -98,13 +98,14 @@ class Context:
     def aws(self):
         key = (bool(self.args.local), self.args.profile, self.args.region)
         if self._aws is None or key != self._aws_key:
-            if self.args.local:
-                from ..localcloud import control
-                self.local_info = control.ensure_up(progress=self.progress("local cloud"))
-                self._aws = control.session(self.local_info)
-            else:
-                from ..aws.session import AwsSession
-                self._aws = AwsSession(profile=self.args.profile, region=self.args.region)
+            from ..sessions import open_session
+            bar = self.progress("local cloud") if self.args.local else None
+            try:
+                self._aws, self.local_info = open_session(
+                    bool(self.args.local), self.args.profile, self.args.region, progress=bar)
+            finally:
+                if bar is not None:
+                    bar.finish()
             self._aws_key, self._unsubscribe = key, None
         self._log_calls(bool(self.args.verbose))
         return self._aws

@@ -44,12 +44,10 @@ class Shell:
     # the background state uses its own AWS session, so -v logging and the main work stay apart
     def _background_manager(self):
         from ..cluster import ClusterManager
-        if self.base.local:
-            from ..localcloud import control
-            info = self.ctx.local_info or control.ensure_up()
-            return ClusterManager(control.session(info))
-        from ..aws.session import AwsSession
-        return ClusterManager(AwsSession(profile=self.base.profile, region=self.base.region))
+        from ..sessions import open_session
+        aws, _ = open_session(bool(self.base.local), self.base.profile, self.base.region,
+                              local_info=self.ctx.local_info)
+        return ClusterManager(aws)
 
     def _invalidate(self) -> None:
         app = self.session.app

@@ -189,3 +189,13 @@ def test_binary_bad_input_and_help():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
     proc = run_binary("--help")
     assert proc.returncode == 0 and "add-nodes" in proc.stdout
+
+
+def test_one_session_factory_for_aws_and_the_local_cloud():
+    from ec2mpi.aws.session import AwsSession
+    from ec2mpi.sessions import open_session
+    aws, info = open_session(False, region="eu-west-1")
+    assert isinstance(aws, AwsSession) and info is None and aws.region == "eu-west-1"
+    given = type("Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None, "region": "us-east-1"})
+    aws, info = open_session(True, local_info=given)   # an already running local cloud is reused
+    assert info is given and aws.endpoint_url == "https://172.31.0.1:1" and aws.region == "us-east-1"
