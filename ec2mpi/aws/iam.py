@@ -64,17 +64,17 @@ class NodeRole:
                                  Description=f"ec2mpi nodes of cluster {self.cluster}", Tags=tags)
         except ClientError as err:
             if error_code(err) != "EntityAlreadyExists":
-                raise explain_client_error("iam:CreateRole", err) from None
+                raise explain_client_error("iam:CreateRole", err) from err
         try:
             self.iam.put_role_policy(RoleName=n.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
         except ClientError as err:
-            raise explain_client_error("iam:PutRolePolicy", err) from None
+            raise explain_client_error("iam:PutRolePolicy", err) from err
         try:
             arn = self.iam.create_instance_profile(InstanceProfileName=n.instance_profile,
                                                    Tags=tags)["InstanceProfile"]["Arn"]
         except ClientError as err:
             if error_code(err) != "EntityAlreadyExists":
-                raise explain_client_error("iam:CreateInstanceProfile", err) from None
+                raise explain_client_error("iam:CreateInstanceProfile", err) from err
             arn = None
         profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)["InstanceProfile"]
         if not any(r["RoleName"] == n.role for r in profile.get("Roles", [])):
@@ -82,7 +82,7 @@ class NodeRole:
                 self.iam.add_role_to_instance_profile(InstanceProfileName=n.instance_profile, RoleName=n.role)
             except ClientError as err:
                 if error_code(err) != "LimitExceeded":  # already has a role (a racing resume)
-                    raise explain_client_error("iam:AddRoleToInstanceProfile", err) from None
+                    raise explain_client_error("iam:AddRoleToInstanceProfile", err) from err
         return arn or profile["Arn"]
 
     def wait_usable(self, timeout: float = 60.0) -> None:
@@ -97,7 +97,7 @@ class NodeRole:
         except ClientError as err:
             if error_code(err) == "NoSuchEntity":
                 return None
-            raise explain_client_error("iam:GetRolePolicy", err) from None
+            raise explain_client_error("iam:GetRolePolicy", err) from err
         return json.loads(doc) if isinstance(doc, str) else doc
 
     def exists(self) -> dict:
@@ -111,7 +111,7 @@ class NodeRole:
                 out[kind] = True
             except ClientError as err:
                 if error_code(err) != "NoSuchEntity":
-                    raise explain_client_error(f"iam:Get{kind.title().replace('_', '')}", err) from None
+                    raise explain_client_error(f"iam:Get{kind.title().replace('_', '')}", err) from err
                 out[kind] = False
         return out
 
@@ -127,7 +127,7 @@ class NodeRole:
             removed.append(f"instance-profile/{n.instance_profile}")
         except ClientError as err:
             if error_code(err) != "NoSuchEntity":
-                raise explain_client_error("iam:DeleteInstanceProfile", err) from None
+                raise explain_client_error("iam:DeleteInstanceProfile", err) from err
         try:
             for pname in self.iam.list_role_policies(RoleName=n.role)["PolicyNames"]:
                 self.iam.delete_role_policy(RoleName=n.role, PolicyName=pname)
@@ -144,5 +144,5 @@ class NodeRole:
             removed.append(f"role/{n.role}")
         except ClientError as err:
             if error_code(err) != "NoSuchEntity":
-                raise explain_client_error("iam:DeleteRole", err) from None
+                raise explain_client_error("iam:DeleteRole", err) from err
         return removed

@@ -114,7 +114,7 @@ class Instances:
         except ClientError as err:
             if error_code(err) == "InvalidInstanceID.NotFound":
                 return []
-            raise explain_client_error("ec2:DescribeInstances", err) from None
+            raise explain_client_error("ec2:DescribeInstances", err) from err
         return sorted(out, key=lambda i: (i.launch_time, _ip_key(i.private_ip), i.instance_id))
 
     def launch(self, req: LaunchRequest) -> list[str]:
@@ -177,7 +177,7 @@ class Instances:
         except ClientError as err:
             if _profile_not_ready(error_code(err), err.response["Error"].get("Message", "")):
                 raise ProfileNotReady() from err
-            raise explain_client_error("ec2:CreateFleet", err) from None
+            raise explain_client_error("ec2:CreateFleet", err) from err
         new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
         if not new and any(_profile_not_ready(e.get("ErrorCode", ""), e.get("ErrorMessage", ""))
                            for e in resp.get("Errors") or []):
@@ -188,7 +188,7 @@ class Instances:
         try:
             self.ec2.create_tags(Resources=list(ids), Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         except ClientError as err:
-            raise explain_client_error("ec2:CreateTags", err) from None
+            raise explain_client_error("ec2:CreateTags", err) from err
 
     def terminate(self, ids) -> list[str]:
         ids = list(ids)
@@ -197,7 +197,7 @@ class Instances:
         try:
             self.ec2.terminate_instances(InstanceIds=ids)
         except ClientError as err:
-            raise explain_client_error("ec2:TerminateInstances", err) from None
+            raise explain_client_error("ec2:TerminateInstances", err) from err
         return ids
 
     def wait_terminated(self, ids, timeout: float = 600.0) -> None:
@@ -222,7 +222,7 @@ class Instances:
                     removed.append(vol["VolumeId"])
                 except ClientError as err:
                     if error_code(err) != "InvalidVolume.NotFound":
-                        raise explain_client_error("ec2:DeleteVolume", err) from None
+                        raise explain_client_error("ec2:DeleteVolume", err) from err
         return removed
 
     def delete_fleets_and_spot_requests(self, instance_ids=()) -> list[str]:
@@ -239,7 +239,7 @@ class Instances:
             try:
                 self.ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=requests)
             except ClientError as err:
-                raise explain_client_error("ec2:CancelSpotInstanceRequests", err) from None
+                raise explain_client_error("ec2:CancelSpotInstanceRequests", err) from err
             removed += [f"spot-request/{r}" for r in requests]
         return removed
 
@@ -253,7 +253,7 @@ class Instances:
             if error_code(err) != "InvalidParameterCombination" or len(fleet_ids) == 1:
                 if error_code(err) == "InvalidParameterCombination":
                     return
-                raise explain_client_error("ec2:DeleteFleets", err) from None
+                raise explain_client_error("ec2:DeleteFleets", err) from err
         for fid in fleet_ids:
             self._delete_fleets([fid])
 
@@ -275,7 +275,7 @@ class Instances:
         except ClientError as err:
             if error_code(err) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
                 raise UserError(f"no instance {instance_id!r}", "see 'ec2mpi status' for the cluster's nodes") from None
-            raise explain_client_error("ec2:GetConsoleOutput", err) from None
+            raise explain_client_error("ec2:GetConsoleOutput", err) from err
         try:
             return base64.b64decode(out, validate=True).decode(errors="replace")
         except ValueError:

@@ -43,7 +43,7 @@ class KeyStore:
         except ClientError as err:
             if err.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
                 return False
-            raise explain_client_error("s3:HeadBucket", err) from None
+            raise explain_client_error("s3:HeadBucket", err) from err
 
     def ensure_bucket(self) -> bool:
         """Create and harden the bucket on first use. Returns True if it was created.
@@ -63,7 +63,7 @@ class KeyStore:
             self.s3.create_bucket(Bucket=self.bucket, **kwargs)
         except ClientError as err:
             if err.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-                raise explain_client_error("s3:CreateBucket", err) from None
+                raise explain_client_error("s3:CreateBucket", err) from err
         self.harden()
         self._exists = self._hardened = True
         return True
@@ -74,7 +74,7 @@ class KeyStore:
         except ClientError as err:
             if err.response["Error"]["Code"] == "NoSuchBucketPolicy":
                 return False
-            raise explain_client_error("s3:GetBucketPolicy", err) from None
+            raise explain_client_error("s3:GetBucketPolicy", err) from err
         return current == tls_only_policy(self.bucket)
 
     def harden(self) -> None:
@@ -93,7 +93,7 @@ class KeyStore:
             try:
                 call()
             except ClientError as err:
-                raise explain_client_error(op, err) from None
+                raise explain_client_error(op, err) from err
 
     def hardening(self) -> dict:
         """Read the hardening back (for tests and 'doctor'-style checks)."""
@@ -112,7 +112,7 @@ class KeyStore:
         try:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ServerSideEncryption="AES256")
         except ClientError as err:
-            raise explain_client_error("s3:PutObject", err) from None
+            raise explain_client_error("s3:PutObject", err) from err
         return key
 
     def get(self, cluster: str, name: str) -> bytes:
@@ -123,7 +123,7 @@ class KeyStore:
             if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise CloudError(f"s3://{self.bucket}/{key} is missing",
                                  "the cluster's key store was deleted; destroy and re-create the cluster") from None
-            raise explain_client_error("s3:GetObject", err) from None
+            raise explain_client_error("s3:GetObject", err) from err
 
     def list(self, cluster: str, sub: str = "") -> list[str]:
         keys, kwargs = [], {}
@@ -133,7 +133,7 @@ class KeyStore:
             try:
                 resp = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix(cluster) + sub, **kwargs)
             except ClientError as err:
-                raise explain_client_error("s3:ListObjectsV2", err) from None
+                raise explain_client_error("s3:ListObjectsV2", err) from err
             keys += [o["Key"] for o in resp.get("Contents", [])]
             if not resp.get("IsTruncated"):
                 return keys
@@ -147,7 +147,7 @@ class KeyStore:
                 self.s3.delete_objects(Bucket=self.bucket, Delete={
                     "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
             except ClientError as err:
-                raise explain_client_error("s3:DeleteObjects", err) from None
+                raise explain_client_error("s3:DeleteObjects", err) from err
         return keys
 
     # -- what the cluster stores --------------------------------------------------

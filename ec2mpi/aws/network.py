@@ -26,7 +26,7 @@ class Network:
             else:
                 subs = self.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
         except ClientError as err:
-            raise explain_client_error("ec2:DescribeSubnets", err) from None
+            raise explain_client_error("ec2:DescribeSubnets", err) from err
         if not subs:
             raise UserError(f"no default subnets in region {self.session.region}",
                             "create a default VPC ('aws ec2 create-default-vpc') or pass --subnet IDs")
@@ -51,7 +51,7 @@ class Network:
                     TagSpecifications=[{"ResourceType": "security-group", "Tags": cluster_tags(self.cluster)}],
                 )["GroupId"]
             except ClientError as err:
-                raise explain_client_error("ec2:CreateSecurityGroup", err) from None
+                raise explain_client_error("ec2:CreateSecurityGroup", err) from err
         self.authorize(sg, [
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
              "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ssh from the ec2mpi user"}]},
@@ -65,7 +65,7 @@ class Network:
             self.ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=permissions)
         except ClientError as err:
             if error_code(err) != "InvalidPermission.Duplicate":
-                raise explain_client_error("ec2:AuthorizeSecurityGroupIngress", err) from None
+                raise explain_client_error("ec2:AuthorizeSecurityGroupIngress", err) from err
             if len(permissions) > 1:   # one was a duplicate: add the others one by one
                 for perm in permissions:
                     self.authorize(sg, [perm])
@@ -86,6 +86,6 @@ class Network:
                 if error_code(err) == "InvalidGroup.NotFound":
                     return [sg]
                 if error_code(err) != "DependencyViolation" or attempt == attempts - 1:
-                    raise explain_client_error("ec2:DeleteSecurityGroup", err) from None
+                    raise explain_client_error("ec2:DeleteSecurityGroup", err) from err
                 time.sleep(min(15.0, 0.5 * 2 ** attempt))
         return []

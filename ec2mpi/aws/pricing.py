@@ -43,7 +43,7 @@ def spot_prices(session: AwsSession, types) -> dict:
         resp = session.client("ec2").describe_spot_price_history(
             InstanceTypes=list(types), MaxResults=1000, StartTime=time.time())
     except ClientError as err:
-        raise explain_client_error("ec2:DescribeSpotPriceHistory", err) from None
+        raise explain_client_error("ec2:DescribeSpotPriceHistory", err) from err
     latest: dict = {}
     for rec in resp["SpotPriceHistory"]:
         if not rec.get("ProductDescription", "").startswith("Linux/UNIX"):

@@ -91,7 +91,7 @@ class Registry:
             return False
         except ClientError as err:
             if err.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise explain_client_error("dynamodb:DescribeTable", err) from None
+                raise explain_client_error("dynamodb:DescribeTable", err) from err
         try:
             self.ddb.create_table(
                 TableName=self.table, BillingMode="PAY_PER_REQUEST",
@@ -102,7 +102,7 @@ class Registry:
                 Tags=[{"Key": "ec2mpi:registry", "Value": "true"}])
         except ClientError as err:
             if err.response["Error"]["Code"] != "ResourceInUseException":
-                raise explain_client_error("dynamodb:CreateTable", err) from None
+                raise explain_client_error("dynamodb:CreateTable", err) from err
         self.ddb.get_waiter("table_exists").wait(TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         return True
 
@@ -126,7 +126,7 @@ class Registry:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise ClusterExists(f"cluster {name!r} already exists",
                                     "pick another name, or 'ec2mpi destroy " + name + "' first") from None
-            raise explain_client_error("dynamodb:PutItem", err) from None
+            raise explain_client_error("dynamodb:PutItem", err) from err
 
     def get_cluster(self, name: str) -> dict | None:
         resp = self.ddb.get_item(TableName=self.table, Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
@@ -247,7 +247,7 @@ class Registry:
         except ClientError as err:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise _ConditionFailed() from None
-            raise explain_client_error("dynamodb:UpdateItem", err) from None
+            raise explain_client_error("dynamodb:UpdateItem", err) from err
 
     def _transact(self, name: str, node_write: dict) -> None:
         """node_write + epoch += 1 on an existing cluster item, atomically; retried on conflicts."""
@@ -271,7 +271,7 @@ class Registry:
                                         "it was destroyed, or never created") from None
                 if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
                     raise _ConditionFailed() from None
-                raise explain_client_error("dynamodb:TransactWriteItems", err) from None
+                raise explain_client_error("dynamodb:TransactWriteItems", err) from err
         raise CloudError("dynamodb:TransactWriteItems kept conflicting", "too many concurrent writers; retry")
 
 

@@ -81,7 +81,7 @@ class AwsSession:
             try:
                 self._account = self.client("sts").get_caller_identity()["Account"]
             except ClientError as err:
-                raise explain_client_error("sts:GetCallerIdentity", err) from None
+                raise explain_client_error("sts:GetCallerIdentity", err) from err
         return self._account
 
     # -- clients ----------------------------------------------------------------

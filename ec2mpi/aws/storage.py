@@ -27,7 +27,7 @@ class Efs:
         except ClientError as err:
             if error_code(err) == "FileSystemNotFound":
                 return None
-            raise explain_client_error("efs:DescribeFileSystems", err) from None
+            raise explain_client_error("efs:DescribeFileSystems", err) from err
         return fss[0] if fss else None
 
     def ensure(self, subnet_ids, security_group: str, timeout: float = 300.0) -> str:
@@ -41,7 +41,7 @@ class Efs:
                         {"Key": "Name", "Value": f"ec2mpi-{self.cluster}"}])
             except ClientError as err:
                 if error_code(err) != "FileSystemAlreadyExists":
-                    raise explain_client_error("efs:CreateFileSystem", err) from None
+                    raise explain_client_error("efs:CreateFileSystem", err) from err
                 fs = self.find()
         fs_id = fs["FileSystemId"]
         self._wait_available(fs_id, timeout)
@@ -53,7 +53,7 @@ class Efs:
                 self.efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet, SecurityGroups=[security_group])
             except ClientError as err:
                 if error_code(err) != "MountTargetConflict":
-                    raise explain_client_error("efs:CreateMountTarget", err) from None
+                    raise explain_client_error("efs:CreateMountTarget", err) from err
         return fs_id
 
     def _wait_available(self, fs_id: str, timeout: float) -> None:
@@ -72,7 +72,7 @@ class Efs:
         except ClientError as err:
             if error_code(err) == "FileSystemNotFound":
                 return []
-            raise explain_client_error("efs:DescribeMountTargets", err) from None
+            raise explain_client_error("efs:DescribeMountTargets", err) from err
 
     def delete(self, timeout: float = 300.0) -> list[str]:
         """Mount targets first, wait until they are gone, then the file system."""
@@ -85,7 +85,7 @@ class Efs:
                 self.efs.delete_mount_target(MountTargetId=mt["MountTargetId"])
             except ClientError as err:
                 if error_code(err) != "MountTargetNotFound":
-                    raise explain_client_error("efs:DeleteMountTarget", err) from None
+                    raise explain_client_error("efs:DeleteMountTarget", err) from err
         deadline = time.monotonic() + timeout
         while self.mount_targets(fs_id):
             if time.monotonic() > deadline:
@@ -100,6 +100,6 @@ class Efs:
                 if error_code(err) == "FileSystemNotFound":
                     break
                 if error_code(err) != "FileSystemInUse" or attempt == 5:
-                    raise explain_client_error("efs:DeleteFileSystem", err) from None
+                    raise explain_client_error("efs:DeleteFileSystem", err) from err
                 time.sleep(min(10.0, 0.5 * 2 ** attempt))
         return [fs_id]

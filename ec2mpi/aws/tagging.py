@@ -17,7 +17,7 @@ def tagged_resources(session: AwsSession, cluster: str, services=SERVICES) -> li
         try:
             resp = client.get_resources(TagFilters=[{"Key": TAG_CLUSTER, "Values": [cluster]}], **kwargs)
         except ClientError as err:
-            raise explain_client_error("tag:GetResources", err) from None
+            raise explain_client_error("tag:GetResources", err) from err
         arns += [r["ResourceARN"] for r in resp.get("ResourceTagMappingList", [])]
         token = resp.get("PaginationToken")
         if not token:

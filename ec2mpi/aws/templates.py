@@ -35,7 +35,7 @@ class Templates:
                 bad = [t for t in types if t in err.response["Error"].get("Message", "")] or list(types)
                 raise UserError(f"unknown instance type {', '.join(bad)!s} in region {self.session.region}",
                                 "use EC2 type names available there, e.g. c6i.large") from None
-            raise explain_client_error("ec2:DescribeInstanceTypes", err) from None
+            raise explain_client_error("ec2:DescribeInstanceTypes", err) from err
         return {t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in resp["InstanceTypes"]}
 
     def resolve_image(self, image_id: str | None, parameter: str) -> str:
@@ -44,7 +44,7 @@ class Templates:
         try:
             return self.session.client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
         except ClientError as err:
-            raise explain_client_error("ssm:GetParameter", err) from None
+            raise explain_client_error("ssm:GetParameter", err) from err
 
     def find_launch_template(self) -> str | None:
         try:
@@ -52,7 +52,7 @@ class Templates:
         except ClientError as err:
             if error_code(err) in ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"):
                 return None
-            raise explain_client_error("ec2:DescribeLaunchTemplates", err) from None
+            raise explain_client_error("ec2:DescribeLaunchTemplates", err) from err
         items = lts["LaunchTemplates"]
         return items[0]["LaunchTemplateId"] if items else None
 
@@ -80,7 +80,7 @@ class Templates:
         except ClientError as err:
             if error_code(err) == "InvalidLaunchTemplateName.AlreadyExistsException":
                 return self.find_launch_template()
-            raise explain_client_error("ec2:CreateLaunchTemplate", err) from None
+            raise explain_client_error("ec2:CreateLaunchTemplate", err) from err
 
     def launch_template_data(self) -> dict:
         lt = self.find_launch_template()
@@ -95,7 +95,7 @@ class Templates:
             self.ec2.delete_launch_template(LaunchTemplateId=lt)
         except ClientError as err:
             if error_code(err) not in ("InvalidLaunchTemplateId.NotFound",):
-                raise explain_client_error("ec2:DeleteLaunchTemplate", err) from None
+                raise explain_client_error("ec2:DeleteLaunchTemplate", err) from err
         return [lt]
 
     def ensure_placement_group(self) -> str | None:
@@ -114,7 +114,7 @@ class Templates:
             if code in ("NotImplemented", "InternalError", "500", "501") or status >= 500:
                 log.warning(PLACEMENT_UNSUPPORTED)
                 return None
-            raise explain_client_error("ec2:CreatePlacementGroup", err) from None
+            raise explain_client_error("ec2:CreatePlacementGroup", err) from err
         except (BotoCoreError, ResponseParserError):  # an emulator answering with an HTML 500 page
             log.warning(PLACEMENT_UNSUPPORTED)
             return None

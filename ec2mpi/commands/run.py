@@ -26,6 +26,8 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
         emit(ctx, result)
         return result.status
     except Ec2mpiError as err:
+        if args.verbose and err.__cause__ is not None:  # -v promises the cause (botocore's)
+            traceback.print_exception(type(err), err, err.__traceback__, file=ctx.err)
         ctx.say(f"ec2mpi: error: {err}")
         return err.exit_status
     except ParserExit as exc:

@@ -199,3 +199,43 @@ def test_one_session_factory_for_aws_and_the_local_cloud():
     given = type("Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None, "region": "us-east-1"})
     aws, info = open_session(True, local_info=given)   # an already running local cloud is reused
     assert info is given and aws.endpoint_url == "https://172.31.0.1:1" and aws.region == "us-east-1"
+
+
+def _failing_command(capture):
+    """A command whose handler meets an AWS refusal, as the adapters report it."""
+    from botocore.exceptions import ClientError
+
+    from ec2mpi.errors import explain_client_error
+
+    def handler(ctx, a):
+        try:
+            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}},
+                              "RunInstances")
+        except ClientError as err:
+            raise explain_client_error("ec2:RunInstances", err) from err
+    return commands.Command("fail", "fails", handler)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_aws_refusals_keep_their_cause_and_show_it_with_v(verbose):
+    import io
+    err = io.StringIO()
+    args = commands.parse(["-v", "list"] if verbose else ["list"])[0]
+    ctx = commands.Context(args, out=io.StringIO(), err=err, can_ask=False)
+    status = commands.execute(_failing_command(err), args, ctx)
+    text = err.getvalue()
+    assert status == 1 and text.splitlines()[-1].startswith("ec2mpi: error: AWS refused ec2:RunInstances")
+    if verbose:
+        assert "botocore.exceptions.ClientError" in text and "direct cause" in text
+    else:
+        assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+def test_no_adapter_drops_the_botocore_cause():
+    """`raise explain_client_error(...) from None` would hide the cause from -v."""
+    import re
+    from pathlib import Path
+    root = Path(commands.__file__).resolve().parents[1]
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if re.search(r"explain_client_error\([^\n]*\)[^\n]* from None", p.read_text())]
+    assert offenders == []
