@@ -122,11 +122,10 @@ class Context:
         return ClusterManager(self.aws, progress=progress)
 
     def cluster_name(self) -> str:
-        """-c NAME, else the only cluster, else the last one used (remembered in the config dir)."""
+        """-c NAME, else the only cluster, else the last one used. A getter: it changes
+        nothing (run.execute remembers a -c NAME once the command has succeeded)."""
         if self.args.cluster:
-            name = validate_name(self.args.cluster)
-            userdirs.remember_cluster(name)
-            return name
+            return validate_name(self.args.cluster)
         names = [s.name for s in self.manager().list_clusters()]
         if len(names) == 1:
             return names[0]

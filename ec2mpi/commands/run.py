@@ -8,6 +8,8 @@ import os
 import traceback
 from typing import Optional
 
+from .. import userdirs
+from ..config import validate_name
 from ..errors import Ec2mpiError, UserError
 from .context import Context, Result
 from .table import Command, ParserExit, parse
@@ -24,6 +26,8 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
                             "pass --yes to confirm in scripts")
         result = command.handler(ctx, args) or Result()
         emit(ctx, result)
+        if args.cluster and result.status == 0:   # -c NAME picks the cluster for the next ones
+            userdirs.remember_cluster(validate_name(args.cluster))
         return result.status
     except Ec2mpiError as err:
         if args.verbose and err.__cause__ is not None:  # -v promises the cause (botocore's)

@@ -239,3 +239,23 @@ def test_no_adapter_drops_the_botocore_cause():
     offenders = [str(p) for p in root.rglob("*.py")
                  if re.search(r"explain_client_error\([^\n]*\)[^\n]* from None", p.read_text())]
     assert offenders == []
+
+
+def test_cluster_name_is_a_getter_and_a_successful_command_remembers_c(config_dir):
+    import io
+    seen = []
+
+    def handler(ctx, a):
+        seen.append(ctx.cluster_name())
+        if a.fail:
+            raise UserError("refused", "as asked")
+        return commands.Result(text="ok")
+    cmd = commands.Command("probe", "reads the cluster name", handler)
+    for fail, name in ((True, "first"), (False, "second")):
+        args = commands.parse(["-c", name, "list"])[0]
+        args.fail = fail
+        ctx = commands.Context(args, out=io.StringIO(), err=io.StringIO(), can_ask=False)
+        assert ctx.cluster_name() == name and userdirs.last_cluster() != name   # no side effect
+        commands.execute(cmd, args, ctx)
+        assert userdirs.last_cluster() == (None if fail else name)
+    assert seen == ["first", "second"]
