@@ -85,10 +85,9 @@ def format_cost(cost) -> str:
     lines = [f"{money(cost.per_hour)} for the whole cluster"
              + (f" ({cost.source})" if cost.source else "")]
     rows = []
-    for itype, entry in sorted(cost.by_type.items()):
-        count, unit, lifecycle = (list(entry) + [None, None, None])[:3]
-        total = None if unit is None or count is None else unit * count
-        rows.append([itype, count, lifecycle or "", money(unit), money(total)])
+    for line in cost.lines:
+        rows.append([line.instance_type, line.count, line.lifecycle, money(line.unit),
+                     money(line.per_hour)])
     if rows:
         lines.append(table(["TYPE", "COUNT", "LIFECYCLE", "EACH", "TOTAL"], rows))
     return "\n".join(lines)

@@ -9,9 +9,11 @@ from .model import (
                     CostEstimate,
                     DestroyReport,
                     NodeStatus,
+                    PriceLine,
                     ProgressFn,
+                    Removal,
 )
 from .resize import DRAIN_WAIT
 
 __all__ = ["ClusterManager", "ClusterStatus", "ClusterSummary", "CostEstimate", "DestroyReport",
-           "NodeStatus", "ProgressFn", "DRAIN_WAIT", "HEARTBEAT_LOST_AFTER"]
+           "NodeStatus", "PriceLine", "ProgressFn", "Removal", "DRAIN_WAIT", "HEARTBEAT_LOST_AFTER"]

@@ -7,7 +7,7 @@ from ..aws.instances import LIVE_STATES, Instances
 from ..aws.pricing import on_demand_prices, spot_prices
 from ..config import ClusterSpec, validate_name
 from ..errors import UserError
-from .model import ClusterStatus, ClusterSummary, CostEstimate, NodeStatus
+from .model import ClusterStatus, ClusterSummary, CostEstimate, NodeStatus, PriceLine
 
 HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -> reported lost
 
@@ -67,11 +67,15 @@ def cost(mgr, name: str) -> CostEstimate:
 
 
 def cost_of(mgr, nodes: list) -> CostEstimate:
+    """What these nodes cost per hour now: lost and terminated ones bill nothing."""
     return price(mgr, [(n.instance_type, n.lifecycle) for n in nodes
-                        if n.state not in ("lost", "terminated") and n.instance_type])
+                       if n.state not in ("lost", "terminated") and n.instance_type])
 
 
 def price(mgr, members: list) -> CostEstimate:
+    """The one price function: (instance type, lifecycle) pairs -> a CostEstimate with one
+    PriceLine per pair (spot from EC2's price history, on-demand from the Pricing API or
+    the static list)."""
     counts: dict = {}
     for itype, lifecycle in members:
         counts[(itype, lifecycle)] = counts.get((itype, lifecycle), 0) + 1
@@ -84,12 +88,11 @@ def price(mgr, members: list) -> CostEstimate:
     od, od_source = on_demand_prices(mgr.aws, mgr.preflight(), od_types) if od_types else ({}, "")
     if od_types:
         sources.append(f"on-demand: {od_source}")
-    est = CostEstimate(0.0, source="; ".join(sources) or "no running nodes")
-    for (itype, lifecycle), n in sorted(counts.items()):
-        unit = (spot if lifecycle == "spot" else od).get(itype)
-        est.by_type[itype] = (n, unit, lifecycle)
-        est.per_hour += n * (unit or 0.0)
-    missing = sorted(t for t, (_, unit, _) in est.by_type.items() if unit is None)
+    lines = [PriceLine(itype, lifecycle, n, (spot if lifecycle == "spot" else od).get(itype))
+             for (itype, lifecycle), n in sorted(counts.items())]
+    est = CostEstimate(sum(line.per_hour or 0.0 for line in lines), lines,
+                       "; ".join(sources) or "no running nodes")
+    missing = sorted({line.instance_type for line in lines if line.unit is None})
     if missing:
         est.source += f"; no price known for {', '.join(missing)}"
     return est

@@ -19,13 +19,15 @@ from . import destroy as _destroy
 from . import inspect as _inspect
 from . import resize as _resize
 from . import wait as _wait
-from .model import ClusterStatus, CostEstimate, DestroyReport, ProgressFn
+from .model import ClusterStatus, CostEstimate, DestroyReport, ProgressFn, Removal
+from .resize import DRAIN_WAIT
 
 
 class ClusterManager:
     """All cluster operations. Every method raises UserError (exit 2) or CloudError (exit 1)."""
 
     poll_interval = 0.5   # seconds between registry reads while waiting (one small query each)
+    drain_wait = DRAIN_WAIT   # seconds a removal waits for the master's hostfile to drop nodes
 
     def __init__(self, aws: AwsSession, progress: Optional[ProgressFn] = None):
         self.aws = aws
@@ -42,9 +44,17 @@ class ClusterManager:
     def add_nodes(self, name: str, count: int, wait: bool = True, timeout: float = 900.0) -> list:
         return _resize.add_nodes(self, name, count, wait, timeout)
 
+    def plan_removal(self, name: str, count: Optional[int] = None,
+                     instance_ids: Optional[list] = None) -> Removal:
+        return _resize.plan_removal(self, name, count, instance_ids)
+
+    def remove(self, removal: Removal) -> list:
+        return _resize.remove(self, removal)
+
     def remove_nodes(self, name: str, count: Optional[int] = None,
                      instance_ids: Optional[list] = None) -> list:
-        return _resize.remove_nodes(self, name, count, instance_ids)
+        """plan_removal, then remove: what scripts and tests call."""
+        return self.remove(self.plan_removal(name, count, instance_ids))
 
     def wait_ready(self, name: str, ids: list, timeout: float) -> None:
         """Until these nodes are ready and in the master's hostfile (WaitTimeout names the rest)."""

@@ -24,11 +24,29 @@ class NodeStatus:
     heartbeat_age: Optional[float] = None   # seconds since the node's last heartbeat
 
 
+@dataclass(frozen=True)
+class PriceLine:
+    """`count` nodes of one instance type and lifecycle, at `unit` USD/h each (None: unknown)."""
+    instance_type: str
+    lifecycle: str                # spot | on-demand
+    count: int
+    unit: Optional[float]
+
+    @property
+    def per_hour(self) -> Optional[float]:
+        return None if self.unit is None else self.unit * self.count
+
+
 @dataclass
 class CostEstimate:
-    per_hour: float               # USD per hour for the whole cluster
-    by_type: dict = field(default_factory=dict)   # instance type -> (count, unit price, lifecycle)
+    per_hour: float               # USD per hour for the whole cluster (unknown prices count 0)
+    lines: list = field(default_factory=list)   # list[PriceLine], by type then lifecycle
     source: str = ""              # where the prices came from, said to the user
+
+    @property
+    def complete(self) -> bool:
+        """Every line has a known price."""
+        return all(line.unit is not None for line in self.lines)
 
 
 @dataclass
@@ -56,6 +74,15 @@ class ClusterSummary:
     nodes: int
     ready: int
     created: int
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Which nodes a removal takes (by plan_removal's one rule) and what they cost now."""
+    cluster: str
+    instance_ids: tuple
+    nodes: tuple                  # their NodeStatus, in the same order
+    per_hour: float               # USD/h saved (lost nodes bill nothing)
 
 
 @dataclass

@@ -10,6 +10,8 @@ from ..aws.templates import Templates
 from ..config import ClusterSpec, parse_count, validate_name
 from ..errors import CloudError, UserError
 from .create import placement_group
+from .inspect import cost_of
+from .model import Removal
 from .wait import let_master_drop, wait_ready
 
 DRAIN_WAIT = 30.0   # s remove-nodes waits for the master's hostfile before terminating
@@ -43,39 +45,55 @@ def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
     return ids
 
 
-def remove_nodes(mgr, name: str, count: Optional[int], instance_ids: Optional[list]) -> list:
+# Which nodes a removal takes first: those already gone or going, then the newest.
+_REMOVAL_ORDER = {"lost": 0, "terminated": 0, "draining": 1, "pending": 2, "booting": 2}
+
+
+def plan_removal(mgr, name: str, count: Optional[int] = None,
+                 instance_ids: Optional[list] = None) -> Removal:
+    """The one rule for which nodes a removal takes, and what they cost now. The prompt
+    and the action both use it, so the nodes priced are the nodes removed."""
     if count is None and not instance_ids:
         raise UserError("remove-nodes needs a count or instance ids",
                         "e.g. remove-nodes 2, or --node i-0123")
-    item, spec = ready_cluster(mgr, name)
-    master = item.get("master")
-    instances = Instances(mgr.aws, name)
-    live = instances.instances()
-    registered = {n.instance_id for n in mgr.registry.nodes(name)}
-    members = [i.instance_id for i in live] + sorted(registered - {i.instance_id for i in live})
+    ready_cluster(mgr, name)
+    st = mgr.status(name, with_cost=False)
+    workers = [n for n in st.nodes if n.role != "master"]
     if instance_ids:
-        chosen = list(dict.fromkeys(instance_ids))
-        unknown = [i for i in chosen if i not in members]
+        known = {n.instance_id: n for n in st.nodes}
+        chosen_ids = list(dict.fromkeys(instance_ids))
+        unknown = [i for i in chosen_ids if i not in known]
         if unknown:
             raise UserError(f"{', '.join(unknown)} not in cluster {name!r}",
                             "see 'ec2mpi status' for its nodes")
-        if master in chosen:
+        if any(known[i].role == "master" for i in chosen_ids):
             raise UserError("the master cannot be removed on its own",
                             f"destroy the whole cluster instead: ec2mpi destroy {name}")
+        chosen = [known[i] for i in chosen_ids]
     else:
         count = parse_count(count)
-        workers = [i for i in members if i != master]
         if count > len(workers):
             raise UserError(f"cluster {name} has {len(workers)} worker node(s), cannot remove {count}",
                             f"give at most {len(workers)}, or destroy the cluster")
-        chosen = workers[-count:]   # the newest (live instances are oldest first)
+        newest_first = list(reversed(workers))     # status lists nodes in launch order
+        chosen = sorted(newest_first, key=lambda n: _REMOVAL_ORDER.get(n.state, 3))[:count]
+    return Removal(name, tuple(n.instance_id for n in chosen), tuple(chosen),
+                   cost_of(mgr, chosen).per_hour)
+
+
+def remove(mgr, removal: Removal) -> list:
+    """Drain (the master's hostfile drops them), terminate, deregister: exactly removal's nodes."""
+    name, chosen = removal.cluster, list(removal.instance_ids)
+    instances = Instances(mgr.aws, name)
+    live = {i.instance_id for i in instances.instances()}
+    registered = {n.instance_id for n in mgr.registry.nodes(name)}
     for iid in chosen:
         if iid in registered:
             mgr.registry.set_node_state(name, iid, "draining")
     if any(i in registered for i in chosen):
         mgr.say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
-        let_master_drop(mgr, name, DRAIN_WAIT)
-    instances.terminate([i for i in chosen if i in {x.instance_id for x in live}])
+        let_master_drop(mgr, name, mgr.drain_wait)
+    instances.terminate([i for i in chosen if i in live])
     for iid in chosen:
         if iid in registered:
             mgr.registry.delete_node(name, iid)

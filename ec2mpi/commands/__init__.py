@@ -3,7 +3,6 @@ module per group of handlers (lifecycle, nodes, access, files, local)."""
 from .access import links_for, resolve_node
 from .context import GLOBAL_DESTS, Context, ProgressBar, Result
 from .lifecycle import read_template, spec_from_args
-from .nodes import per_hour_of
 from .run import EXIT_INTERRUPTED, emit, execute, run_line
 from .table import (
            COMMANDS,
@@ -19,5 +18,5 @@ from .table import (
 
 __all__ = ["COMMANDS", "GLOBAL_ARGS", "GLOBAL_DESTS", "EXIT_INTERRUPTED", "Arg", "Command", "Context",
            "Parser", "ParserExit", "ProgressBar", "Result", "build_parser", "emit", "execute", "help_text",
-           "links_for", "parse", "per_hour_of", "read_template", "resolve_node", "run_line",
+           "links_for", "parse", "read_template", "resolve_node", "run_line",
            "spec_from_args"]

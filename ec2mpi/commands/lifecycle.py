@@ -8,7 +8,6 @@ from .. import output, userdirs
 from ..config import ClusterSpec, validate_name
 from ..errors import Ec2mpiError, UserError
 from .context import Context, Result
-from .nodes import per_hour_of
 
 
 def spec_from_args(args: argparse.Namespace, template: Optional[dict] = None, defaults: Optional[dict] = None,
@@ -67,7 +66,7 @@ def cmd_destroy(ctx, a) -> Result:
         what = (f"cluster {name}: {len(st.nodes)} node(s) ({output.lifecycle_mix(st.nodes)}), "
                 f"{'no shared storage' if st.spec.storage == 'none' else 'its ' + st.spec.storage + ' storage'} "
                 f"and everything tagged with it, saving about "
-                f"{output.money(st.cost.per_hour if st.cost else per_hour_of(st.nodes, None))}")
+                f"{output.money(st.cost.per_hour if st.cost else None)}")
     except Ec2mpiError:  # half-made or already partly gone: destroy still sweeps by tag
         what = f"everything tagged as cluster {name}"
     if not ctx.confirm(f"destroy {what}?"):

@@ -16,6 +16,7 @@ from ec2mpi.cluster import (
     ClusterStatus,
     CostEstimate,
     NodeStatus,
+    PriceLine,
 )
 from ec2mpi.config import ClusterSpec
 
@@ -56,7 +57,7 @@ def sample_status(states=("ready", "ready", "booting")):
                                 instance_type="c6i.large", lifecycle="spot" if i else "on-demand",
                                 private_ip=f"172.31.0.{10 + i}", public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
                                 state=state, slots=2, hostname=f"ip-172-31-0-{10 + i}", heartbeat_age=3.2))
-    cost = CostEstimate(per_hour=0.119, by_type={"c6i.large": (3, 0.0397, "spot")}, source="spot price history")
+    cost = CostEstimate(per_hour=0.119, lines=[PriceLine("c6i.large", "spot", 3, 0.0397)], source="spot price history")
     return ClusterStatus(name="demo", status="ready", spec=spec, epoch=7, nodes=nodes, cost=cost)
 
 

@@ -370,3 +370,23 @@ def test_a_bucket_left_unhardened_by_a_crash_is_hardened_on_next_use(aws, cluste
     KeyStore(aws, bucket=bucket).ensure_bucket()   # already hardened: one read, no writes
     stop()
     assert [c for c in calls if c.startswith("Put")] == []
+
+
+def test_a_removal_prices_exactly_the_nodes_it_removes_lost_ones_first(aws, cluster_name):
+    mgr = manager(aws)
+    mgr.create(ClusterSpec(cluster_name, nodes=4, ssh_cidr=CIDR, storage="none"), wait=False)
+    ids = live_ids(aws, cluster_name)                  # launch order: master, w1, w2, w3
+    mgr.drain_wait = 0.5                               # no master watcher runs here
+    play_agents(aws, cluster_name, ids)
+    aws.client("ec2").terminate_instances(InstanceIds=[ids[1]])   # the oldest worker is lost
+    plan = mgr.plan_removal(cluster_name, count=2)
+    assert plan.instance_ids == (ids[1], ids[3])       # lost first, then the newest
+    assert [n.state for n in plan.nodes] == ["lost", "ready"]
+    one_ready = mgr.status(cluster_name).cost.per_hour / 3        # the 3 live nodes are alike
+    assert one_ready > 0
+    assert plan.per_hour == pytest.approx(one_ready)   # the lost node bills nothing
+    assert mgr.remove(plan) == list(plan.instance_ids)
+    assert sorted(n.instance_id for n in Registry(aws).nodes(cluster_name)) == sorted([ids[0], ids[2]])
+    with pytest.raises(UserError, match="master cannot be removed"):
+        mgr.plan_removal(cluster_name, instance_ids=[ids[0]])
+    assert mgr.destroy(cluster_name).leftovers == []
