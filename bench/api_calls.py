@@ -10,19 +10,26 @@ import os
 import sys
 import tempfile
 
-os.environ.update(AWS_EC2_METADATA_DISABLED="true", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                  AWS_SESSION_TOKEN="testing", AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
-                  AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+os.environ.update(
+    AWS_EC2_METADATA_DISABLED="true",
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+    AWS_CONFIG_FILE=os.devnull,
+    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+)
 for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
             "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
     os.environ.pop(var, None)
 
-from ec2mpi.aws.keystore import KeyStore  # noqa: E402
-from ec2mpi.aws.registry import Registry  # noqa: E402
-from ec2mpi.aws.session import AwsSession, CallCounter, is_mutating  # noqa: E402
-from ec2mpi.cluster import ClusterManager  # noqa: E402
-from ec2mpi.config import ClusterSpec  # noqa: E402
-from ec2mpi.localcloud.controlplane import start  # noqa: E402
+from ec2mpi.aws.keystore import KeyStore
+from ec2mpi.aws.registry import Registry
+from ec2mpi.aws.session import AwsSession, CallCounter, is_mutating
+from ec2mpi.cluster import ClusterManager
+from ec2mpi.config import ClusterSpec
+from ec2mpi.localcloud.controlplane import start
 
 
 def measure(aws, what, call):
@@ -48,8 +55,8 @@ def main(sizes=(4, 16, 64)) -> int:
                 name = f"bench{n}"
                 mgr = ClusterManager(aws)
                 spec = ClusterSpec(name, nodes=n, ssh_cidr="203.0.113.7/32", storage="efs")
-                for op, call in (("create", lambda: mgr.create(spec, wait=False)),
-                                 ("destroy", lambda: mgr.destroy(name))):
+                for op, call in (("create", lambda m=mgr, s=spec: m.create(s, wait=False)),
+                                 ("destroy", lambda m=mgr, n=name: m.destroy(n))):
                     total, mutating, muts = measure(aws, op, call)
                     detail = ", ".join(f"{k}={v}" for k, v in muts.items())
                     print(f"{n:>4} {op:8} {total:>6} {mutating:>9}  {detail}")

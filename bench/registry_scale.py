@@ -26,10 +26,10 @@ os.environ.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "be
                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
 
-from ec2mpi.agent.watch import Watcher  # noqa: E402
-from ec2mpi.aws.registry import Node, Registry  # noqa: E402
-from ec2mpi.aws.session import AwsSession, CallCounter  # noqa: E402
-from ec2mpi.localcloud import controlplane  # noqa: E402
+from ec2mpi.agent.watch import Watcher
+from ec2mpi.aws.registry import Node, Registry
+from ec2mpi.aws.session import AwsSession, CallCounter
+from ec2mpi.localcloud import controlplane
 
 CLUSTER = "bench"
 
@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=500)
     ap.add_argument("--poll", type=float, default=2.0, help="watcher epoch poll interval (s)")
     ap.add_argument("--steady", type=float, default=30.0, help="steady-state window (s)")
-    ap.add_argument("--sessions", type=int, default=16, help="AWS sessions shared by the agent threads")
+    ap.add_argument(
+        "--sessions", type=int, default=16, help="AWS sessions shared by the agent threads"
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ec2mpi-bench-"))
@@ -62,7 +64,9 @@ def main() -> None:
         admin.put_node(CLUSTER, master)
         msess, wsess = session(), session()
         mcount, wcount = CallCounter(msess), CallCounter(wsess)
-        mwatch = Watcher(CLUSTER, master, Registry(msess), [tmp / "etc"], poll=args.poll, deregister=False)
+        mwatch = Watcher(
+            CLUSTER, master, Registry(msess), [tmp / "etc"], poll=args.poll, deregister=False
+        )
         stop = threading.Event()
         threading.Thread(target=mwatch.run, args=(stop,), daemon=True).start()
 
@@ -78,7 +82,7 @@ def main() -> None:
                 iid = f"i-w{i:04d}"
                 reg.put_node(CLUSTER, Node(iid, "worker", ip(i + 1), f"w{i}", 2))
                 reg.set_node_state(CLUSTER, iid, "ready")
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 errors.append(err)
 
         threads = [threading.Thread(target=agent, args=(i,)) for i in range(args.agents)]
@@ -111,8 +115,11 @@ def main() -> None:
         m1, w1 = dict(mcount.calls), dict(wcount.calls)
 
         def per_min(after, before):
-            return {k: (after.get(k, 0) - before.get(k, 0)) * 60 / args.steady for k in set(after) | set(before)
-                    if after.get(k, 0) - before.get(k, 0)}
+            return {
+                k: (after.get(k, 0) - before.get(k, 0)) * 60 / args.steady
+                for k in set(after) | set(before)
+                if after.get(k, 0) - before.get(k, 0)
+            }
 
         m_rate, w_rate = per_min(m1, m0), per_min(w1, w0)
 
@@ -131,16 +138,30 @@ def main() -> None:
         n_read = len(admin.nodes(CLUSTER))
         read_time = time.perf_counter() - t1
 
-        print(f"agents:                          {args.agents} (threads over {args.sessions} AWS sessions), "
-              f"poll {args.poll:g}s")
-        print(f"registration errors:             {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
-        print(f"registration throughput:         {args.agents / reg_time:.1f} agents/s "
-              f"({2 * args.agents / reg_time:.1f} membership transactions/s; {reg_time:.2f}s for all)")
+        print(
+            f"agents:                          {args.agents} (threads over {args.sessions} AWS "
+            "sessions), "
+            f"poll {args.poll:g}s"
+        )
+        print(
+            f"registration errors:             {len(errors)}"
+            + (f" (first: {errors[0]})" if errors else "")
+        )
+        print(
+            f"registration throughput:         {args.agents / reg_time:.1f} agents/s "
+            f"({2 * args.agents / reg_time:.1f} membership transactions/s; {reg_time:.2f}s for all)"
+        )
         print(f"epoch after registration:        {epoch} (expected {2 * args.agents + 1})")
-        print(f"hostfile converged to {expected_lines} nodes: {converged:.2f}s after the first registration")
+        print(
+            f"hostfile converged to {expected_lines} nodes: {converged:.2f}s after the first "
+            "registration"
+        )
         print(f"membership change -> hostfile:   {follow:.3f}s (node dropped: {dropped}; "
               f"poll interval {args.poll:g}s)")
-        print(f"one full node-list read:         {read_time:.3f}s for {n_read} node items (paid only when the epoch moves)")
+        print(
+            f"one full node-list read:         {read_time:.3f}s for {n_read} node items (paid "
+            "only when the epoch moves)"
+        )
         print(f"master watcher, steady state:    {sum(m_rate.values()):.1f} registry requests/min "
               + str({k: round(v, 1) for k, v in sorted(m_rate.items())}))
         print(f"worker watcher, steady state:    {sum(w_rate.values()):.1f} registry requests/min "

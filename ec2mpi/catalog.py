@@ -68,7 +68,8 @@ def describe(instance_type: str, spot: bool = True) -> str:
     info = INSTANCE_TYPES.get(instance_type)
     if not info:
         return "unknown type (price not in the catalogue)"
-    return f"{info[0]} vCPU, {info[1]} GiB, ~${price(instance_type, spot):.3f}/h {'spot' if spot else 'on-demand'}"
+    kind = "spot" if spot else "on-demand"
+    return f"{info[0]} vCPU, {info[1]} GiB, ~${price(instance_type, spot):.3f}/h {kind}"
 
 
 def estimate_per_hour(instance_types, nodes: int, spot: bool = True) -> float | None:

@@ -32,12 +32,20 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 def validate_name(name: str) -> str:
     """Cluster names end up in IAM, EC2 and S3 names: keep them short and plain."""
     if not isinstance(name, str) or not name:
-        raise UserError("cluster name is empty", "give a name like 'demo' (a-z, 0-9, '-', at most 32 characters)")
+        raise UserError(
+            "cluster name is empty",
+            "give a name like 'demo' (a-z, 0-9, '-', at most 32 characters)",
+        )
     if len(name) > 32:
-        raise UserError(f"cluster name {name!r} is too long ({len(name)} > 32 characters)", "use a shorter name")
+        raise UserError(
+            f"cluster name {name!r} is too long ({len(name)} > 32 characters)", "use a shorter name"
+        )
     if not _NAME_RE.match(name):
-        raise UserError(f"invalid cluster name {name!r}",
-                        "use lower-case letters, digits and '-', starting with a letter and not ending with '-'")
+        raise UserError(
+            f"invalid cluster name {name!r}",
+            "use lower-case letters, digits and '-', starting with a letter and not ending "
+            "with '-'",
+        )
     return name
 
 
@@ -46,11 +54,15 @@ def parse_count(value, what: str = "node count") -> int:
     try:
         n = int(str(value).strip())
     except (TypeError, ValueError):
-        raise UserError(f"{what} {value!r} is not a number", "give a whole number such as 4") from None
+        raise UserError(
+            f"{what} {value!r} is not a number", "give a whole number such as 4"
+        ) from None
     if n < 1:
         raise UserError(f"{what} must be at least 1 (got {n})", "give a whole number such as 4")
     if n > MAX_NODES:
-        raise UserError(f"{what} {n} is more than {MAX_NODES}", "split the work over several clusters")
+        raise UserError(
+            f"{what} {n} is more than {MAX_NODES}", "split the work over several clusters"
+        )
     return n
 
 
@@ -59,7 +71,9 @@ def parse_instance_types(value) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value or ())
     types = tuple(t.strip() for t in items if t and t.strip())
     if not types:
-        raise UserError("no instance type given", "give one or more, e.g. --instance-type c6i.large,c5.large")
+        raise UserError(
+            "no instance type given", "give one or more, e.g. --instance-type c6i.large,c5.large"
+        )
     for t in types:
         if not _TYPE_RE.match(t):
             raise UserError(f"unknown instance type {t!r}", "use EC2 type names such as c6i.large")
@@ -70,7 +84,9 @@ def parse_cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value.strip(), strict=False))
     except ValueError:
-        raise UserError(f"invalid --ssh-cidr {value!r}", "give your address as a CIDR, e.g. 203.0.113.7/32") from None
+        raise UserError(
+            f"invalid --ssh-cidr {value!r}", "give your address as a CIDR, e.g. 203.0.113.7/32"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -96,14 +112,16 @@ class ClusterSpec:
         object.__setattr__(self, "instance_types", parse_instance_types(self.instance_types))
         object.__setattr__(self, "subnet_ids", tuple(self.subnet_ids or ()))
         if self.storage not in STORAGE_KINDS:
-            raise UserError(f"unknown storage {self.storage!r}", f"choose one of {', '.join(STORAGE_KINDS)}")
+            raise UserError(
+                f"unknown storage {self.storage!r}", f"choose one of {', '.join(STORAGE_KINDS)}"
+            )
         if self.ssh_cidr:
             object.__setattr__(self, "ssh_cidr", parse_cidr(self.ssh_cidr))
         if not self.shared_path.startswith("/"):
             raise UserError(f"shared path {self.shared_path!r} is not absolute", "use e.g. /shared")
 
     @classmethod
-    def from_mapping(cls, data: dict) -> "ClusterSpec":
+    def from_mapping(cls, data: dict) -> ClusterSpec:
         """Build from a template or the registry; unknown keys are an error, not ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -116,10 +134,10 @@ class ClusterSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ClusterSpec":
+    def from_json(cls, text: str) -> ClusterSpec:
         return cls.from_mapping(json.loads(text))
 
-    def replace(self, **changes) -> "ClusterSpec":
+    def replace(self, **changes) -> ClusterSpec:
         return dataclasses.replace(self, **changes)
 
 

@@ -37,16 +37,25 @@ def explain_client_error(operation: str, err: Exception) -> CloudError:
     code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
     msg = getattr(err, "response", {}).get("Error", {}).get("Message", str(err))
     hints = {
-        "InsufficientInstanceCapacity": "try other instance types (--instance-type a,b,c), another region, or --on-demand",
-        "SpotMaxPriceTooLow": "spot capacity is scarce for these types; add more types or use --on-demand",
-        "MaxSpotInstanceCountExceeded": "your spot quota is exhausted; request a quota increase or use fewer nodes",
-        "VcpuLimitExceeded": "your vCPU quota is too low; request an increase in Service Quotas or use fewer nodes",
-        "InstanceLimitExceeded": "your instance quota is too low; request an increase or use fewer nodes",
-        "UnauthorizedOperation": "your AWS identity lacks this permission; see README 'IAM permissions'",
+        "InsufficientInstanceCapacity": "try other instance types (--instance-type a,b,c), "
+                                        "another region, or --on-demand",
+        "SpotMaxPriceTooLow": "spot capacity is scarce for these types; add more types or use "
+                              "--on-demand",
+        "MaxSpotInstanceCountExceeded": "your spot quota is exhausted; request a quota increase "
+                                        "or use fewer nodes",
+        "VcpuLimitExceeded": "your vCPU quota is too low; request an increase in Service Quotas "
+                             "or use fewer nodes",
+        "InstanceLimitExceeded": "your instance quota is too low; request an increase or use "
+                                 "fewer nodes",
+        "UnauthorizedOperation": "your AWS identity lacks this permission; see README 'IAM "
+                                 "permissions'",
         "AccessDenied": "your AWS identity lacks this permission; see README 'IAM permissions'",
-        "AccessDeniedException": "your AWS identity lacks this permission; see README 'IAM permissions'",
+        "AccessDeniedException": "your AWS identity lacks this permission; see README 'IAM "
+                                 "permissions'",
         "RequestLimitExceeded": "AWS is throttling this account; wait a minute and retry",
         "ThrottlingException": "AWS is throttling this account; wait a minute and retry",
     }
-    return CloudError(f"AWS refused {operation}: {code}: {msg}",
-                      hints.get(code, "check the message above, then retry; ec2mpi resumes where it stopped"))
+    return CloudError(
+        f"AWS refused {operation}: {code}: {msg}",
+        hints.get(code, "check the message above, then retry; ec2mpi resumes where it stopped"),
+    )

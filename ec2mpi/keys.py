@@ -26,11 +26,13 @@ class KeyPair:
     public_openssh: bytes  # "ssh-ed25519 AAAA... comment\n"
 
     @classmethod
-    def generate(cls, comment: str) -> "KeyPair":
+    def generate(cls, comment: str) -> KeyPair:
         key = Ed25519PrivateKey.generate()
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption())
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         return cls(private, public + b" " + comment.encode() + b"\n")
 
 
@@ -40,8 +42,10 @@ class ClusterKeys:
     host: KeyPair
 
     @classmethod
-    def generate(cls, cluster: str) -> "ClusterKeys":
-        return cls(KeyPair.generate(f"ec2mpi-{cluster}"), KeyPair.generate(f"ec2mpi-{cluster}-host"))
+    def generate(cls, cluster: str) -> ClusterKeys:
+        return cls(
+            KeyPair.generate(f"ec2mpi-{cluster}"), KeyPair.generate(f"ec2mpi-{cluster}-host")
+        )
 
     def objects(self) -> dict[str, bytes]:
         """Key-store object name -> content."""
@@ -49,8 +53,10 @@ class ClusterKeys:
                 HOST_KEY: self.host.private_openssh, HOST_KEY_PUB: self.host.public_openssh}
 
     @classmethod
-    def from_objects(cls, objs: dict[str, bytes]) -> "ClusterKeys":
-        return cls(KeyPair(objs[IDENTITY], objs[IDENTITY_PUB]), KeyPair(objs[HOST_KEY], objs[HOST_KEY_PUB]))
+    def from_objects(cls, objs: dict[str, bytes]) -> ClusterKeys:
+        return cls(
+            KeyPair(objs[IDENTITY], objs[IDENTITY_PUB]), KeyPair(objs[HOST_KEY], objs[HOST_KEY_PUB])
+        )
 
 
 def known_hosts_line(host_public: bytes, pattern: str = "*") -> str:

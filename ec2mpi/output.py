@@ -76,8 +76,17 @@ def format_list(summaries, current: str | None = None) -> str:
         return "no clusters (create one with: ec2mpi create NAME)"
     rows = []
     for s in summaries:
-        created = _dt.datetime.fromtimestamp(s.created).strftime("%Y-%m-%d %H:%M") if s.created else "-"
-        rows.append([("* " if s.name == current else "  ") + s.name, s.status, f"{s.ready}/{s.nodes}", created])
+        created = (
+            _dt.datetime.fromtimestamp(s.created).strftime("%Y-%m-%d %H:%M") if s.created else "-"
+        )
+        rows.append(
+            [
+                ("* " if s.name == current else "  ") + s.name,
+                s.status,
+                f"{s.ready}/{s.nodes}",
+                created,
+            ]
+        )
     return table(["  NAME", "STATUS", "READY", "CREATED"], rows)
 
 
@@ -108,5 +117,5 @@ def progress_bar(done: int, total: int, message: str = "", width: int = 30) -> s
     """'[#########.....]  3/8 message' — the text of one progress line."""
     total = max(total, 0)
     frac = 1.0 if total == 0 else min(max(done / total, 0.0), 1.0)
-    filled = int(round(frac * width))
+    filled = round(frac * width)
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {message}".rstrip()

@@ -29,8 +29,10 @@ class RejectUnknownHost(paramiko.MissingHostKeyPolicy):
     """Any host that did not present the cluster host key is refused."""
 
     def missing_host_key(self, client, hostname, key):
-        raise CloudError(f"{hostname} offered a {key.get_name()} host key that is not the cluster's",
-                         "the node is not a cluster node (or was replaced); check 'ec2mpi status'")
+        raise CloudError(
+            f"{hostname} offered a {key.get_name()} host key that is not the cluster's",
+            "the node is not a cluster node (or was replaced); check 'ec2mpi status'",
+        )
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class Link:
 def _host_key(keys: ClusterKeys) -> paramiko.PKey:
     key_type, b64 = keys.host.public_openssh.decode().split()[:2]
     if key_type != "ssh-ed25519":
-        raise CloudError(f"unexpected cluster host key type {key_type}", "recreate the cluster keys")
+        raise CloudError(
+            f"unexpected cluster host key type {key_type}", "recreate the cluster keys"
+        )
     return paramiko.Ed25519Key(data=base64.b64decode(b64))
 
 
@@ -69,18 +73,24 @@ def connect(address: str, user: str, keys: ClusterKeys, port: int = 22, sock=Non
                        allow_agent=False, look_for_keys=False, compress=True)
     except paramiko.BadHostKeyException:
         client.close()
-        raise CloudError(f"{address} presented a host key that is not the cluster's",
-                         "refusing to connect: the address may belong to another machine now") from None
+        raise CloudError(
+            f"{address} presented a host key that is not the cluster's",
+            "refusing to connect: the address may belong to another machine now",
+        ) from None
     except paramiko.AuthenticationException:
         client.close()
-        raise CloudError(f"{user}@{address} refused the cluster identity",
-                         "the node may still be booting; retry, or see 'ec2mpi logs NODE'") from None
+        raise CloudError(
+            f"{user}@{address} refused the cluster identity",
+            "the node may still be booting; retry, or see 'ec2mpi logs NODE'",
+        ) from None
     except (OSError, paramiko.SSHException) as err:
         client.close()
         if isinstance(err, CloudError):
             raise
-        raise CloudError(f"cannot reach {address}:{port}: {err}",
-                         "check the node is ready ('ec2mpi status') and your address is in --ssh-cidr") from None
+        raise CloudError(
+            f"cannot reach {address}:{port}: {err}",
+            "check the node is ready ('ec2mpi status') and your address is in --ssh-cidr",
+        ) from None
     return client
 
 
@@ -93,11 +103,15 @@ def connect_link(link: Link, master: Link, user: str, keys: ClusterKeys, port: i
         return client, [client]
     jump = connect(master.address, user, keys, port)
     try:
-        sock = jump.get_transport().open_channel("direct-tcpip", (link.address, port), ("127.0.0.1", 0))
+        sock = jump.get_transport().open_channel(
+            "direct-tcpip", (link.address, port), ("127.0.0.1", 0)
+        )
     except paramiko.SSHException as err:
         jump.close()
-        raise CloudError(f"the master cannot reach {link.label} at {link.address}: {err}",
-                         "check 'ec2mpi status'") from None
+        raise CloudError(
+            f"the master cannot reach {link.label} at {link.address}: {err}",
+            "check 'ec2mpi status'",
+        ) from None
     client = connect(link.address, user, keys, port, sock=sock)
     return client, [client, jump]
 
@@ -118,7 +132,11 @@ def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None) -> i
             stderr.write(channel.recv_stderr(32768)); got = True
         if got:
             stdout.flush(); stderr.flush()
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+        if (
+            channel.exit_status_ready()
+            and not channel.recv_ready()
+            and not channel.recv_stderr_ready()
+        ):
             break
     status = channel.recv_exit_status()
     channel.close()
@@ -126,7 +144,8 @@ def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None) -> i
 
 
 def remote_path(shared: str, path: str | None, default_name: str = "") -> str:
-    """Relative paths (and none) land in the cluster's shared directory; absolute ones must be in it."""
+    """Relative paths (and none) land in the cluster's shared directory; absolute ones must be in
+    it."""
     if not path:
         path = default_name
     full = posixpath.normpath(posixpath.join(shared, path))
@@ -162,7 +181,9 @@ def get(client: paramiko.SSHClient, remote: str, local: str) -> int:
         try:
             attrs = sftp.stat(remote)
         except FileNotFoundError:
-            raise UserError(f"{remote} does not exist on the cluster", "list it with: ec2mpi ssh -- ls /shared") from None
+            raise UserError(
+                f"{remote} does not exist on the cluster", "list it with: ec2mpi ssh -- ls /shared"
+            ) from None
         if stat.S_ISDIR(attrs.st_mode):
             stack = [(remote, local)]
             while stack:
@@ -203,7 +224,9 @@ def ssh_config_text(cluster: str, links: list[Link], user: str, identity: Path, 
         common.append(f"    Port {port}")
     blocks = []
     for link in links:
-        names = [f"{cluster}-{link.label}"] + ([f"{cluster}-node-0"] if link.label == "master" else [])
+        names = [f"{cluster}-{link.label}"] + (
+            [f"{cluster}-node-0"] if link.label == "master" else []
+        )
         lines = [f"Host {' '.join(names)}", f"    HostName {link.address}"]
         if link.via_master:
             lines.append(f"    ProxyJump {cluster}-master")
@@ -213,9 +236,14 @@ def ssh_config_text(cluster: str, links: list[Link], user: str, identity: Path, 
 
 def write_ssh_files(directory: Path, cluster: str, keys: ClusterKeys, links: list[Link], user: str,
                     port: int = 22) -> Path:
-    """Write identity, known_hosts and ssh_config (0600) under `directory`; returns the config path."""
+    """Write identity, known_hosts and ssh_config (0600) under `directory`; returns the config
+    path."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    identity, known, config = directory / "id_ed25519", directory / "known_hosts", directory / "ssh_config"
+    identity, known, config = (
+        directory / "id_ed25519",
+        directory / "known_hosts",
+        directory / "ssh_config",
+    )
     _write_private(identity, keys.identity.private_openssh)
     _write_private(known, known_hosts_line(keys.host.public_openssh, "*").encode())
     _write_private(config, ssh_config_text(cluster, links, user, identity, known, port).encode())
@@ -239,6 +267,8 @@ def system_ssh(config: Path, host: str, command: list[str] | None = None) -> int
     """Hand over to the system ssh (an interactive login) with the generated config."""
     ssh = shutil.which("ssh")
     if not ssh:
-        raise UserError("no 'ssh' program found", "install OpenSSH client, or give a command: ec2mpi ssh -- CMD")
+        raise UserError(
+            "no 'ssh' program found", "install OpenSSH client, or give a command: ec2mpi ssh -- CMD"
+        )
     argv = [ssh, "-F", str(config), host] + (["--"] + command if command else [])
     return subprocess.call(argv)

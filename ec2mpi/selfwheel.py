@@ -28,7 +28,8 @@ def wheel_name(version: str | None = None) -> str:
 
 
 def _package_files(root: Path):
-    """(archive path, file path) for every file of the package; follows symlinked dirs (bootstrap/)."""
+    """(archive path, file path) for every file of the package; follows symlinked dirs
+    (bootstrap/)."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for fname in sorted(filenames):
@@ -51,10 +52,12 @@ def build() -> tuple[str, bytes]:
     distinfo = f"{DIST}-{version}.dist-info"
     meta = {
         "METADATA": "Metadata-Version: 2.1\nName: ec2mpi\nVersion: " + version + "\n"
-                    "Summary: MPI clusters on EC2 spot instances in one command\nRequires-Python: >=3.9\n"
-                    + "".join(f"Requires-Dist: {r}\n" for r in REQUIRES),
-        "WHEEL": "Wheel-Version: 1.0\nGenerator: ec2mpi.selfwheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        "entry_points.txt": "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in CONSOLE_SCRIPTS.items()),
+        "Summary: MPI clusters on EC2 spot instances in one command\nRequires-Python: >=3.9\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in REQUIRES),
+        "WHEEL": "Wheel-Version: 1.0\nGenerator: ec2mpi.selfwheel\nRoot-Is-Purelib: true\nTag: "
+                 "py3-none-any\n",
+        "entry_points.txt": "[console_scripts]\n"
+        + "".join(f"{k} = {v}\n" for k, v in CONSOLE_SCRIPTS.items()),
         "top_level.txt": "ec2mpi\n",
     }
     buf, record = io.BytesIO(), []

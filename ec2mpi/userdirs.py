@@ -72,9 +72,15 @@ def read_toml(path) -> dict:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise UserError(f"template {str(path)!r} not found", "give the path of a TOML file such as examples/cluster.toml") from None
+        raise UserError(
+            f"template {str(path)!r} not found",
+            "give the path of a TOML file such as examples/cluster.toml",
+        ) from None
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"template {str(path)!r} is not valid TOML: {err}", "fix the file (see examples/cluster.toml)") from None
+        raise UserError(
+            f"template {str(path)!r} is not valid TOML: {err}",
+            "fix the file (see examples/cluster.toml)",
+        ) from None
 
 
 def user_defaults() -> dict:

@@ -14,5 +14,8 @@ total = comm.allreduce(rank + 1, op=MPI.SUM)
 expected = size * (size + 1) // 2
 if rank == 0:
     print(f"{size} ranks on {len(set(hosts))} hosts: {', '.join(sorted(set(hosts)))}")
-    print(f"allreduce(sum of 1..{size}) = {total} (expected {expected}): {'OK' if total == expected else 'WRONG'}")
+    print(
+        f"allreduce(sum of 1..{size}) = {total} (expected {expected}): "
+        f"{'OK' if total == expected else 'WRONG'}"
+    )
 sys.exit(0 if total == expected else 1)

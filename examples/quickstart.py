@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 def ec2mpi(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = ["ec2mpi", "--local", *args]
     print(f"\n$ {shlex.join(cmd)}", flush=True)
-    res = subprocess.run(cmd)
+    res = subprocess.run(cmd, check=False)
     if check and res.returncode != 0:
         sys.exit(f"quickstart: '{shlex.join(cmd)}' failed with exit status {res.returncode}")
     return res
@@ -32,8 +32,15 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the cluster running afterwards")
     args = ap.parse_args()
     t0 = time.monotonic()
-    was_up = subprocess.run(["ec2mpi", "--local", "--json", "local", "status"], capture_output=True,
-                            text=True).stdout.find('"up": true') >= 0
+    was_up = (
+        subprocess.run(
+            ["ec2mpi", "--local", "--json", "local", "status"],
+            check=False,
+            capture_output=True,
+            text=True,
+        ).stdout.find('"up": true')
+        >= 0
+    )
     ec2mpi("create", args.name, "--nodes", str(args.nodes), "--yes")
     try:
         ec2mpi("put", "-c", args.name, str(HERE / "mpi_allreduce.py"), "mpi_allreduce.py")

@@ -46,7 +46,10 @@ def controlplane(tmp_path_factory):
 def aws(controlplane):
     """A fresh AwsSession against the control plane."""
     from ec2mpi.aws.session import AwsSession
-    return AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+
+    return AwsSession(
+        region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path
+    )
 
 
 @pytest.fixture
@@ -64,7 +67,9 @@ def have_root_namespaces() -> str:
             return f"needs '{tool}' (apt-get install iproute2 util-linux)"
     if not os.path.exists("/usr/sbin/sshd"):
         return "needs sshd (apt-get install openssh-server)"
-    probe = subprocess.run(["unshare", "--net", "--uts", "--mount", "true"], capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "--net", "--uts", "--mount", "true"], check=False, capture_output=True
+    )
     if probe.returncode != 0:
         return f"cannot create namespaces here: {probe.stderr.decode().strip()}"
     return ""

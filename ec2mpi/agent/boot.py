@@ -49,7 +49,7 @@ class AgentParams:
     prefix: str
 
     @classmethod
-    def load(cls, path) -> "AgentParams":
+    def load(cls, path) -> AgentParams:
         data = json.loads(Path(path).read_text())
         return cls(**{f.name: str(data.get(f.name, "")) for f in fields(cls)})
 
@@ -143,7 +143,9 @@ def efs_mount_command(fs_id: str, region: str, path: str, efs_utils: bool = Fals
     return ["mount", "-t", "nfs4", "-o", EFS_OPTIONS, f"{fs_id}.efs.{region}.amazonaws.com:/", path]
 
 
-def s3fs_mount_command(bucket: str, cluster: str, region: str, path: str, uid: int, gid: int) -> list[str]:
+def s3fs_mount_command(
+    bucket: str, cluster: str, region: str, path: str, uid: int, gid: int
+) -> list[str]:
     opts = (f"iam_role=auto,allow_other,uid={uid},gid={gid},umask=0022,"
             f"url=https://s3.{region}.amazonaws.com,endpoint={region}")
     return ["s3fs", f"{bucket}:/clusters/{cluster}/shared", path, "-o", opts]
@@ -164,12 +166,16 @@ def mount_command(params: AgentParams, path: str, uid: int, gid: int, hook: str 
 
 
 def mpi_env_block(prefix: str, etc: Path, local: bool) -> str:
-    """The cluster user's MPI environment: venv on PATH, default hostfiles; --bind-to none locally."""
-    lines = [ENV_BEGIN,
-             f'case ":$PATH:" in *":{prefix}/venv/bin:"*) ;; *) export PATH="{prefix}/venv/bin:$PATH" ;; esac',
-             f"export PRTE_MCA_prte_default_hostfile={etc / OPENMPI_NAME}",
-             f"export OMPI_MCA_orte_default_hostfile={etc / OPENMPI_NAME}",
-             f"export HYDRA_HOST_FILE={etc / MPICH_NAME}"]
+    """The cluster user's MPI environment: venv on PATH, default hostfiles; --bind-to none
+    locally."""
+    lines = [
+        ENV_BEGIN,
+        (f'case ":$PATH:" in *":{prefix}/venv/bin:"*) ;; '
+         f'*) export PATH="{prefix}/venv/bin:$PATH" ;; esac'),
+        f"export PRTE_MCA_prte_default_hostfile={etc / OPENMPI_NAME}",
+        f"export OMPI_MCA_orte_default_hostfile={etc / OPENMPI_NAME}",
+        f"export HYDRA_HOST_FILE={etc / MPICH_NAME}",
+    ]
     if local:
         lines += ["export OMPI_MCA_hwloc_base_binding_policy=none",
                   "export PRTE_MCA_hwloc_default_binding_policy=none"]
@@ -177,7 +183,8 @@ def mpi_env_block(prefix: str, etc: Path, local: bool) -> str:
 
 
 def with_env_block(text: str, block: str) -> str:
-    """Put the managed block at the very top (before any interactivity check), replacing an old one."""
+    """Put the managed block at the very top (before any interactivity check), replacing an old
+    one."""
     if ENV_BEGIN in text and ENV_END in text:
         head, rest = text.split(ENV_BEGIN, 1)
         text = head + rest.split(ENV_END, 1)[1].lstrip("\n")
@@ -195,9 +202,11 @@ def ssh_client_config(identity_file: Path, known_hosts: Path) -> str:
 # -- steps --------------------------------------------------------------------------
 def _run(cmd: list[str]) -> None:
     log.info("run: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+        raise RuntimeError(
+            f"{cmd[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+        )
 
 
 def _owner(user: str) -> tuple[int, int]:
@@ -248,15 +257,26 @@ def install_keys(params: AgentParams, paths: AgentPaths, keys) -> None:
     _install(ssh / "id_ed25519", keys.identity.private_openssh, 0o600, owner)
     _install(ssh / "id_ed25519.pub", keys.identity.public_openssh, 0o644, owner)
     _install(ssh / "authorized_keys", keys.identity.public_openssh, 0o600, owner)
-    _install(ssh / "config", ssh_client_config(ssh / "id_ed25519", paths.known_hosts).encode(), 0o600, owner)
+    _install(
+        ssh / "config",
+        ssh_client_config(ssh / "id_ed25519", paths.known_hosts).encode(),
+        0o600,
+        owner,
+    )
     paths.etc.mkdir(parents=True, exist_ok=True)
     _install(paths.host_key, keys.host.private_openssh, 0o600, (0, 0))
-    _install(paths.host_key.with_name(paths.host_key.name + ".pub"), keys.host.public_openssh, 0o644, (0, 0))
+    _install(
+        paths.host_key.with_name(paths.host_key.name + ".pub"),
+        keys.host.public_openssh,
+        0o644,
+        (0, 0),
+    )
     _install(paths.known_hosts, known_hosts_line(keys.host.public_openssh).encode(), 0o644, (0, 0))
 
 
 def configure_sshd(paths: AgentPaths, local: bool, pidfile: str | None) -> None:
-    """Serve the shared host key. On AWS a drop-in Includes our config; locally sshd already does."""
+    """Serve the shared host key. On AWS a drop-in Includes our config; locally sshd already
+    does."""
     _install(paths.sshd_config, (f"# written by ec2mpi-agent\nHostKey {paths.host_key}\n"
                                  "PasswordAuthentication no\n").encode(), 0o644, (0, 0))
     if not local:
@@ -267,7 +287,12 @@ def configure_sshd(paths: AgentPaths, local: bool, pidfile: str | None) -> None:
         os.kill(pid, signal.SIGHUP)
     elif not local:
         for unit in ("ssh", "sshd"):
-            if subprocess.run(["systemctl", "reload-or-restart", unit], capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    ["systemctl", "reload-or-restart", unit], check=False, capture_output=True
+                ).returncode
+                == 0
+            ):
                 return
         raise RuntimeError("could not reload sshd (systemctl reload ssh/sshd failed)")
 
@@ -281,7 +306,11 @@ def mount_shared(params: AgentParams, paths: AgentPaths, hook: str | None) -> No
     if os.path.ismount(target):
         log.info("shared storage already mounted at %s", target)
     else:
-        _run(mount_command(params, str(target), uid, gid, hook, efs_utils=bool(shutil.which("mount.efs"))))
+        _run(
+            mount_command(
+                params, str(target), uid, gid, hook, efs_utils=bool(shutil.which("mount.efs"))
+            )
+        )
     if os.geteuid() == 0:
         try:
             st = target.stat()

@@ -23,7 +23,10 @@ class ImdsError(RuntimeError):
 
 def endpoint_from_env() -> str:
     endpoint = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
-    if endpoint == DEFAULT_ENDPOINT and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+    if (
+        endpoint == DEFAULT_ENDPOINT
+        and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+    ):
         raise ImdsError("the metadata service is disabled here (AWS_EC2_METADATA_DISABLED=true) "
                         "and no AWS_EC2_METADATA_SERVICE_ENDPOINT is set")
     return endpoint if endpoint.endswith("/") else endpoint + "/"
@@ -40,7 +43,8 @@ class Imds:
         self._token_expires = 0.0
 
     def _open(self, req: urllib.request.Request):
-        """One request with bounded retries on network errors and 5xx; HTTPError 4xx passes through."""
+        """One request with bounded retries on network errors and 5xx; HTTPError 4xx passes
+        through."""
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
@@ -51,15 +55,20 @@ class Imds:
                     return err.code, b""
             except (urllib.error.URLError, OSError) as err:
                 if attempt == self.retries:
-                    raise ImdsError(f"metadata service {self.endpoint} unreachable: {err}") from None
+                    raise ImdsError(
+                        f"metadata service {self.endpoint} unreachable: {err}"
+                    ) from None
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
 
     def token(self, refresh: bool = False) -> str:
         if refresh or not self._token or time.monotonic() > self._token_expires:
-            req = urllib.request.Request(self.endpoint + "latest/api/token", method="PUT",
-                                         headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.ttl)})
+            req = urllib.request.Request(
+                self.endpoint + "latest/api/token",
+                method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.ttl)},
+            )
             status, body = self._open(req)
             if status != 200:
                 raise ImdsError(f"metadata token request failed with HTTP {status}")
@@ -70,8 +79,10 @@ class Imds:
     def get(self, path: str) -> str | None:
         """GET latest/PATH (e.g. 'meta-data/instance-id'); None on 404."""
         for attempt in range(2):
-            req = urllib.request.Request(self.endpoint + "latest/" + path.lstrip("/"),
-                                         headers={"X-aws-ec2-metadata-token": self.token(refresh=attempt > 0)})
+            req = urllib.request.Request(
+                self.endpoint + "latest/" + path.lstrip("/"),
+                headers={"X-aws-ec2-metadata-token": self.token(refresh=attempt > 0)},
+            )
             status, body = self._open(req)
             if status == 200:
                 return body.decode()

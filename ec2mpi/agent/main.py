@@ -74,13 +74,21 @@ def _watch(args, params, paths, aws=None) -> int:
     from .imds import Imds
     from .watch import Watcher
     node = Node(**json.loads(paths.state.read_text()))
-    watcher = Watcher(params.cluster, node, Registry(aws or session_for(params), table=params.table),
-                      paths.hostfile_dirs(params), Imds(), poll=args.poll)
+    watcher = Watcher(
+        params.cluster,
+        node,
+        Registry(aws or session_for(params), table=params.table),
+        paths.hostfile_dirs(params),
+        Imds(),
+        poll=args.poll,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     paths.run.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("ec2mpi.agent").info("watch %s as %s, poll %.1fs", node.instance_id, node.role, args.poll)
+    logging.getLogger("ec2mpi.agent").info(
+        "watch %s as %s, poll %.1fs", node.instance_id, node.role, args.poll
+    )
     watcher.run(stop)
     return 0
 
@@ -105,7 +113,9 @@ def main(argv=None) -> int:
     for p in (r, b):
         p.add_argument("--ssh-port", type=int, default=int(os.environ.get("EC2MPI_SSH_PORT", "22")))
     for p in (r, w):
-        p.add_argument("--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2")))
+        p.add_argument(
+            "--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2"))
+        )
     sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
     args = ap.parse_args(argv)
     # Role credentials come from the metadata service; botocore gives it 1 s and one try

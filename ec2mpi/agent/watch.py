@@ -60,7 +60,7 @@ class Watcher:
         return only once it caught up, so an mpirun right after them sees every node."""
         try:
             self.reg.update_cluster(self.cluster, hostfile_epoch=epoch)
-        except Exception as err:  # the cluster may be going away; the hostfile itself is written
+        except Exception as err:  # noqa: BLE001 - the cluster may be going away; the hostfile itself is written
             log.warning("could not record hostfile epoch %s: %s", epoch, err)
 
     def check_notice(self) -> bool:
@@ -92,12 +92,12 @@ class Watcher:
                     due[i] = now + period
                     try:
                         duty()
-                    except Exception as err:  # a network blip must not end the watcher
+                    except Exception as err:  # noqa: BLE001 - a network blip must not end the watcher
                         log.warning("%s failed: %s", duty.__name__, err)
             stop.wait(max(0.01, min(due) - time.monotonic()))
         if self.deregister:
             try:
                 self.reg.delete_node(self.cluster, self.node.instance_id)
                 log.info("deregistered %s", self.node.instance_id)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 log.warning("deregister failed: %s", err)

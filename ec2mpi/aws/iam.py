@@ -18,8 +18,14 @@ POLICY_NAME = "ec2mpi-node"
 TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 # Transactions are authorised per item action; ConditionCheckItem covers ConditionCheck.
-REGISTRY_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                    "dynamodb:Query", "dynamodb:ConditionCheckItem"]
+REGISTRY_ACTIONS = [
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+]
 EC2_READ_ACTIONS = ["ec2:DescribeInstances", "ec2:DescribeInstanceTypes"]
 
 
@@ -29,22 +35,43 @@ def node_policy(cluster: str, bucket: str, region: str, account: str, storage: s
     prefix = ResourceNames(cluster).key_prefix
     table_arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{REGISTRY_TABLE}"
     statements = [
-        {"Sid": "ReadOwnClusterObjects", "Effect": "Allow", "Action": ["s3:GetObject"],
-         "Resource": [f"arn:{partition}:s3:::{bucket}/{prefix}*"]},
-        {"Sid": "OwnRegistryItems", "Effect": "Allow", "Action": REGISTRY_ACTIONS, "Resource": [table_arn],
-         "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [cluster]}}},
-        {"Sid": "DescribeRegistryTable", "Effect": "Allow", "Action": ["dynamodb:DescribeTable"],
-         "Resource": [table_arn]},
+        {
+            "Sid": "ReadOwnClusterObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:{partition}:s3:::{bucket}/{prefix}*"],
+        },
+        {
+            "Sid": "OwnRegistryItems",
+            "Effect": "Allow",
+            "Action": REGISTRY_ACTIONS,
+            "Resource": [table_arn],
+            "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [cluster]}},
+        },
+        {
+            "Sid": "DescribeRegistryTable",
+            "Effect": "Allow",
+            "Action": ["dynamodb:DescribeTable"],
+            "Resource": [table_arn],
+        },
         {"Sid": "Ec2ReadOnly", "Effect": "Allow", "Action": EC2_READ_ACTIONS, "Resource": ["*"]},
     ]
     if storage == "s3fs":
         shared = f"{prefix}shared/"
         statements += [
-            {"Sid": "ListOwnSharedPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
-             "Resource": [f"arn:{partition}:s3:::{bucket}"],
-             "Condition": {"StringLike": {"s3:prefix": [shared, f"{shared}*"]}}},
-            {"Sid": "WriteOwnSharedPrefix", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
-             "Resource": [f"arn:{partition}:s3:::{bucket}/{shared}*"]},
+            {
+                "Sid": "ListOwnSharedPrefix",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:{partition}:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [shared, f"{shared}*"]}},
+            },
+            {
+                "Sid": "WriteOwnSharedPrefix",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject"],
+                "Resource": [f"arn:{partition}:s3:::{bucket}/{shared}*"],
+            },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -66,7 +93,9 @@ class NodeRole:
             if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateRole", err) from err
         try:
-            self.iam.put_role_policy(RoleName=n.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+            self.iam.put_role_policy(
+                RoleName=n.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy)
+            )
         except ClientError as err:
             raise explain_client_error("iam:PutRolePolicy", err) from err
         try:
@@ -76,10 +105,14 @@ class NodeRole:
             if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateInstanceProfile", err) from err
             arn = None
-        profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)["InstanceProfile"]
+        profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)[
+            "InstanceProfile"
+        ]
         if not any(r["RoleName"] == n.role for r in profile.get("Roles", [])):
             try:
-                self.iam.add_role_to_instance_profile(InstanceProfileName=n.instance_profile, RoleName=n.role)
+                self.iam.add_role_to_instance_profile(
+                    InstanceProfileName=n.instance_profile, RoleName=n.role
+                )
             except ClientError as err:
                 if error_code(err) != "LimitExceeded":  # already has a role (a racing resume)
                     raise explain_client_error("iam:AddRoleToInstanceProfile", err) from err
@@ -93,7 +126,9 @@ class NodeRole:
 
     def policy(self) -> dict | None:
         try:
-            doc = self.iam.get_role_policy(RoleName=self.names.role, PolicyName=POLICY_NAME)["PolicyDocument"]
+            doc = self.iam.get_role_policy(RoleName=self.names.role, PolicyName=POLICY_NAME)[
+                "PolicyDocument"
+            ]
         except ClientError as err:
             if error_code(err) == "NoSuchEntity":
                 return None
@@ -111,7 +146,9 @@ class NodeRole:
                 out[kind] = True
             except ClientError as err:
                 if error_code(err) != "NoSuchEntity":
-                    raise explain_client_error(f"iam:Get{kind.title().replace('_', '')}", err) from err
+                    raise explain_client_error(
+                        f"iam:Get{kind.title().replace('_', '')}", err
+                    ) from err
                 out[kind] = False
         return out
 
@@ -119,7 +156,9 @@ class NodeRole:
         """Profile (after detaching the role), inline policies, role. Missing parts are fine."""
         n, removed = self.names, []
         try:
-            profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)["InstanceProfile"]
+            profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)[
+                "InstanceProfile"
+            ]
             for role in profile.get("Roles", []):
                 self.iam.remove_role_from_instance_profile(InstanceProfileName=n.instance_profile,
                                                            RoleName=role["RoleName"])

@@ -31,7 +31,7 @@ class Instance:
     tags: dict
 
     @classmethod
-    def from_api(cls, d: dict) -> "Instance":
+    def from_api(cls, d: dict) -> Instance:
         lt = d.get("LaunchTime")
         return cls(d["InstanceId"], d.get("InstanceType", ""), d.get("State", {}).get("Name", ""),
                    "spot" if d.get("InstanceLifecycle") == "spot" else "on-demand",
@@ -58,7 +58,9 @@ class LaunchRequest:
     placement_group: str | None = None
 
 
-PROFILE_RETRIES = 6   # IAM is eventually consistent: a fresh instance profile may be unknown to EC2 for seconds
+PROFILE_RETRIES = (
+    6  # IAM is eventually consistent: a fresh instance profile may be unknown to EC2 for seconds
+)
 
 
 def _profile_not_ready(code: str, message: str) -> bool:
@@ -77,8 +79,12 @@ def while_profile_propagates(call, attempts: int = PROFILE_RETRIES):
             return call(attempt)
         except ProfileNotReady as err:
             if attempt == attempts - 1:
-                raise explain_client_error("ec2:CreateFleet", _Refusal(
-                    "InvalidParameterValue", "the instance profile is not visible to EC2 yet")) from err
+                raise explain_client_error(
+                    "ec2:CreateFleet",
+                    _Refusal(
+                        "InvalidParameterValue", "the instance profile is not visible to EC2 yet"
+                    ),
+                ) from err
             time.sleep(min(8.0, 1.0 * 2 ** attempt))
 
 
@@ -98,7 +104,9 @@ class Instances:
         self.cluster = cluster
         self.names = ResourceNames(cluster)
 
-    def instances(self, states=LIVE_STATES, launch_token: str | None = None, ids=None) -> list[Instance]:
+    def instances(
+        self, states=LIVE_STATES, launch_token: str | None = None, ids=None
+    ) -> list[Instance]:
         """This cluster's instances by tag (oldest first), optionally of one launch."""
         filters = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}]
         if states:
@@ -108,7 +116,9 @@ class Instances:
         kwargs = {"InstanceIds": list(ids)} if ids else {}
         out = []
         try:
-            for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters, **kwargs):
+            for page in self.ec2.get_paginator("describe_instances").paginate(
+                Filters=filters, **kwargs
+            ):
                 for res in page["Reservations"]:
                     out += [Instance.from_api(i) for i in res["Instances"]]
         except ClientError as err:
@@ -186,7 +196,9 @@ class Instances:
 
     def tag(self, ids, **tags: str) -> None:
         try:
-            self.ec2.create_tags(Resources=list(ids), Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+            self.ec2.create_tags(
+                Resources=list(ids), Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
+            )
         except ClientError as err:
             raise explain_client_error("ec2:CreateTags", err) from err
 
@@ -203,10 +215,14 @@ class Instances:
     def wait_terminated(self, ids, timeout: float = 600.0) -> None:
         if ids:
             self.ec2.get_waiter("instance_terminated").wait(
-                InstanceIds=list(ids), WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(timeout / 2))})
+                InstanceIds=list(ids),
+                WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(timeout / 2))},
+            )
 
     def volumes(self) -> list[dict]:
-        resp = self.ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}])
+        resp = self.ec2.describe_volumes(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}]
+        )
         return resp["Volumes"]
 
     def volume_exists(self, volume_id: str) -> bool:
@@ -228,9 +244,12 @@ class Instances:
     def delete_fleets_and_spot_requests(self, instance_ids=()) -> list[str]:
         """Instant fleets and their spot requests outlive nothing, but sweep them anyway."""
         removed = []
-        fleets = [f["FleetId"] for f in self.ec2.describe_fleets()["Fleets"]
-                  if {"Key": TAG_CLUSTER, "Value": self.cluster} in f.get("Tags", [])
-                  and f.get("FleetState") not in ("deleted", "deleted_running", "deleted_terminating")]
+        fleets = [
+            f["FleetId"]
+            for f in self.ec2.describe_fleets()["Fleets"]
+            if {"Key": TAG_CLUSTER, "Value": self.cluster} in f.get("Tags", [])
+            and f.get("FleetState") not in ("deleted", "deleted_running", "deleted_terminating")
+        ]
         for i in range(0, len(fleets), 25):
             self._delete_fleets(fleets[i:i + 25])
         removed += [f"fleet/{f}" for f in fleets]
@@ -274,7 +293,9 @@ class Instances:
             out = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
         except ClientError as err:
             if error_code(err) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
-                raise UserError(f"no instance {instance_id!r}", "see 'ec2mpi status' for the cluster's nodes") from None
+                raise UserError(
+                    f"no instance {instance_id!r}", "see 'ec2mpi status' for the cluster's nodes"
+                ) from None
             raise explain_client_error("ec2:GetConsoleOutput", err) from err
         try:
             return base64.b64decode(out, validate=True).decode(errors="replace")

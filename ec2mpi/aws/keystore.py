@@ -58,7 +58,11 @@ class KeyStore:
                 self._hardened = True
             return False
         region = self.session.region
-        kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        kwargs = (
+            {}
+            if region == "us-east-1"
+            else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        )
         try:
             self.s3.create_bucket(Bucket=self.bucket, **kwargs)
         except ClientError as err:
@@ -110,7 +114,9 @@ class KeyStore:
     def put(self, cluster: str, name: str, data: bytes) -> str:
         key = self.prefix(cluster) + name
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ServerSideEncryption="AES256")
+            self.s3.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ServerSideEncryption="AES256"
+            )
         except ClientError as err:
             raise explain_client_error("s3:PutObject", err) from err
         return key
@@ -121,8 +127,10 @@ class KeyStore:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as err:
             if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                raise CloudError(f"s3://{self.bucket}/{key} is missing",
-                                 "the cluster's key store was deleted; destroy and re-create the cluster") from None
+                raise CloudError(
+                    f"s3://{self.bucket}/{key} is missing",
+                    "the cluster's key store was deleted; destroy and re-create the cluster",
+                ) from None
             raise explain_client_error("s3:GetObject", err) from err
 
     def list(self, cluster: str, sub: str = "") -> list[str]:
@@ -131,7 +139,9 @@ class KeyStore:
             return keys
         while True:
             try:
-                resp = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix(cluster) + sub, **kwargs)
+                resp = self.s3.list_objects_v2(
+                    Bucket=self.bucket, Prefix=self.prefix(cluster) + sub, **kwargs
+                )
             except ClientError as err:
                 raise explain_client_error("s3:ListObjectsV2", err) from err
             keys += [o["Key"] for o in resp.get("Contents", [])]
@@ -157,7 +167,10 @@ class KeyStore:
 
     def get_keys(self, cluster: str) -> ClusterKeys:
         from ..keys import HOST_KEY, HOST_KEY_PUB, IDENTITY, IDENTITY_PUB
-        return ClusterKeys.from_objects({n: self.get(cluster, n) for n in (IDENTITY, IDENTITY_PUB, HOST_KEY, HOST_KEY_PUB)})
+
+        return ClusterKeys.from_objects(
+            {n: self.get(cluster, n) for n in (IDENTITY, IDENTITY_PUB, HOST_KEY, HOST_KEY_PUB)}
+        )
 
     def has_keys(self, cluster: str) -> bool:
         from ..keys import HOST_KEY_PUB, IDENTITY

@@ -24,19 +24,25 @@ class Network:
             if subnet_ids:
                 subs = self.ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
             else:
-                subs = self.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+                subs = self.ec2.describe_subnets(
+                    Filters=[{"Name": "default-for-az", "Values": ["true"]}]
+                )["Subnets"]
         except ClientError as err:
             raise explain_client_error("ec2:DescribeSubnets", err) from err
         if not subs:
-            raise UserError(f"no default subnets in region {self.session.region}",
-                            "create a default VPC ('aws ec2 create-default-vpc') or pass --subnet IDs")
+            raise UserError(
+                f"no default subnets in region {self.session.region}",
+                "create a default VPC ('aws ec2 create-default-vpc') or pass --subnet IDs",
+            )
         return sorted(subs, key=lambda s: s["AvailabilityZone"])
 
     def default_vpc(self, subnets: list[dict]) -> str:
         return subnets[0]["VpcId"]
 
     def find_security_group(self) -> str | None:
-        resp = self.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}])
+        resp = self.ec2.describe_security_groups(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}]
+        )
         groups = resp["SecurityGroups"]
         return groups[0]["GroupId"] if groups else None
 
@@ -46,17 +52,30 @@ class Network:
         if sg is None:
             try:
                 sg = self.ec2.create_security_group(
-                    GroupName=self.names.security_group, VpcId=vpc_id,
+                    GroupName=self.names.security_group,
+                    VpcId=vpc_id,
                     Description=f"ec2mpi cluster {self.cluster}",
-                    TagSpecifications=[{"ResourceType": "security-group", "Tags": cluster_tags(self.cluster)}],
+                    TagSpecifications=[
+                        {"ResourceType": "security-group", "Tags": cluster_tags(self.cluster)}
+                    ],
                 )["GroupId"]
             except ClientError as err:
                 raise explain_client_error("ec2:CreateSecurityGroup", err) from err
-        self.authorize(sg, [
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-             "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ssh from the ec2mpi user"}]},
-            {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": sg, "Description": "cluster members"}]},
-        ])
+        self.authorize(
+            sg,
+            [
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ssh from the ec2mpi user"}],
+                },
+                {
+                    "IpProtocol": "-1",
+                    "UserIdGroupPairs": [{"GroupId": sg, "Description": "cluster members"}],
+                },
+            ],
+        )
         return sg
 
     def authorize(self, sg: str, permissions: list[dict]) -> None:
@@ -71,10 +90,13 @@ class Network:
                     self.authorize(sg, [perm])
 
     def security_group_rules(self, sg: str) -> list[dict]:
-        return self.ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0]["IpPermissions"]
+        return self.ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0][
+            "IpPermissions"
+        ]
 
     def delete_security_group(self, attempts: int = 8) -> list[str]:
-        """After the instances are gone; DependencyViolation means ENIs linger: back off, bounded."""
+        """After the instances are gone; DependencyViolation means ENIs linger: back off,
+        bounded."""
         sg = self.find_security_group()
         if sg is None:
             return []

@@ -4,7 +4,8 @@ Schema (the only definition of it):
   partition key `cluster` (S) = cluster name
   sort key      `item`    (S) = "cluster" for the cluster item, "node#<instance-id>" for nodes
 Cluster item: epoch (N), spec (S, JSON), status (S), master (S, instance id), created (N),
-              launch_token (S: the create launch's idempotency token, written before the launch call),
+              launch_token (S: the create launch's idempotency token, written before the
+              launch call),
               hostfile_epoch (N: the epoch the master's hostfile reflects, written by its watcher).
 Node item: instance_id, role, private_ip, hostname, slots (N), lifecycle, instance_type,
            state (booting|ready|draining), heartbeat (N), updated (N).
@@ -62,7 +63,7 @@ class Node:
     updated: int = 0
 
     @classmethod
-    def from_item(cls, item: dict) -> "Node":
+    def from_item(cls, item: dict) -> Node:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in item.items() if k in names})
 
@@ -103,7 +104,9 @@ class Registry:
         except ClientError as err:
             if err.response["Error"]["Code"] != "ResourceInUseException":
                 raise explain_client_error("dynamodb:CreateTable", err) from err
-        self.ddb.get_waiter("table_exists").wait(TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        self.ddb.get_waiter("table_exists").wait(
+            TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+        )
         return True
 
     def table_exists(self) -> bool:
@@ -119,25 +122,42 @@ class Registry:
         try:
             self.ddb.put_item(
                 TableName=self.table,
-                Item=_dump({"cluster": name, "item": CLUSTER_ITEM, "epoch": 0, "spec": spec_json,
-                            "status": status, "created": int(time.time())}),
-                ConditionExpression="attribute_not_exists(#c)", ExpressionAttributeNames={"#c": "cluster"})
+                Item=_dump(
+                    {
+                        "cluster": name,
+                        "item": CLUSTER_ITEM,
+                        "epoch": 0,
+                        "spec": spec_json,
+                        "status": status,
+                        "created": int(time.time()),
+                    }
+                ),
+                ConditionExpression="attribute_not_exists(#c)",
+                ExpressionAttributeNames={"#c": "cluster"},
+            )
         except ClientError as err:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ClusterExists(f"cluster {name!r} already exists",
-                                    "pick another name, or 'ec2mpi destroy " + name + "' first") from None
+                raise ClusterExists(
+                    f"cluster {name!r} already exists",
+                    "pick another name, or 'ec2mpi destroy " + name + "' first",
+                ) from None
             raise explain_client_error("dynamodb:PutItem", err) from err
 
     def get_cluster(self, name: str) -> dict | None:
-        resp = self.ddb.get_item(TableName=self.table, Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
-                                 ConsistentRead=True)
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
+            ConsistentRead=True,
+        )
         return _load(resp["Item"]) if "Item" in resp else None
 
     def require_cluster(self, name: str) -> dict:
         """The cluster item, or NoSuchCluster (a UserError: exit 2)."""
         item = self.get_cluster(name)
         if item is None:
-            raise NoSuchCluster(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
+            raise NoSuchCluster(
+                f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist"
+            )
         return item
 
     def update_cluster(self, name: str, **attrs) -> None:
@@ -150,16 +170,26 @@ class Registry:
     def set_master(self, name: str, instance_id: str) -> str:
         """Record the master once; returns the master that is recorded (first writer wins)."""
         try:
-            self._update(name, CLUSTER_ITEM, "SET #m = :m", {"#m": "master"}, {":m": {"S": instance_id}},
-                         extra_condition="attribute_not_exists(#m)")
+            self._update(
+                name,
+                CLUSTER_ITEM,
+                "SET #m = :m",
+                {"#m": "master"},
+                {":m": {"S": instance_id}},
+                extra_condition="attribute_not_exists(#m)",
+            )
             return instance_id
         except _ConditionFailed:
             return self.get_cluster(name)["master"]
 
     def epoch(self, name: str) -> int | None:
         """One small consistent read: the watchers' whole steady-state cost."""
-        resp = self.ddb.get_item(TableName=self.table, Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
-                                 ProjectionExpression="epoch", ConsistentRead=True)
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
+            ProjectionExpression="epoch",
+            ConsistentRead=True,
+        )
         return int(_de.deserialize(resp["Item"]["epoch"])) if "Item" in resp else None
 
     def list_clusters(self) -> list[dict]:
@@ -190,10 +220,14 @@ class Registry:
     def nodes(self, name: str) -> list[Node]:
         out, kwargs = [], {}
         while True:
-            resp = self.ddb.query(TableName=self.table, ConsistentRead=True,
-                                  KeyConditionExpression="#c = :c AND begins_with(#i, :p)",
-                                  ExpressionAttributeNames={"#c": "cluster", "#i": "item"},
-                                  ExpressionAttributeValues={":c": {"S": name}, ":p": {"S": NODE_ITEM_PREFIX}}, **kwargs)
+            resp = self.ddb.query(
+                TableName=self.table,
+                ConsistentRead=True,
+                KeyConditionExpression="#c = :c AND begins_with(#i, :p)",
+                ExpressionAttributeNames={"#c": "cluster", "#i": "item"},
+                ExpressionAttributeValues={":c": {"S": name}, ":p": {"S": NODE_ITEM_PREFIX}},
+                **kwargs,
+            )
             out += [Node.from_item(_load(i)) for i in resp["Items"]]
             if "LastEvaluatedKey" not in resp:
                 return out
@@ -202,26 +236,42 @@ class Registry:
     def put_node(self, name: str, node: Node) -> None:
         """Register (or re-register) a node: a membership change, so the epoch moves by one."""
         node.updated = node.heartbeat = int(time.time())
-        put = {"Put": {"TableName": self.table,
-                       "Item": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + node.instance_id, **asdict(node)})}}
+        put = {
+            "Put": {
+                "TableName": self.table,
+                "Item": _dump(
+                    {"cluster": name, "item": NODE_ITEM_PREFIX + node.instance_id, **asdict(node)}
+                ),
+            }
+        }
         self._transact(name, put)
 
     def set_node_state(self, name: str, instance_id: str, state: str) -> None:
         """Change a node's state (ready, draining, ...): a membership change."""
         if state not in NODE_STATES:
             raise ValueError(state)
-        update = {"Update": {
-            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
-            "UpdateExpression": "SET #s = :s, #u = :u", "ConditionExpression": "attribute_exists(#c)",
-            "ExpressionAttributeNames": {"#s": "state", "#u": "updated", "#c": "cluster"},
-            "ExpressionAttributeValues": _dump({":s": state, ":u": int(time.time())})}}
+        update = {
+            "Update": {
+                "TableName": self.table,
+                "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
+                "UpdateExpression": "SET #s = :s, #u = :u",
+                "ConditionExpression": "attribute_exists(#c)",
+                "ExpressionAttributeNames": {"#s": "state", "#u": "updated", "#c": "cluster"},
+                "ExpressionAttributeValues": _dump({":s": state, ":u": int(time.time())}),
+            }
+        }
         self._transact(name, update)
 
     def delete_node(self, name: str, instance_id: str) -> bool:
         """Remove a node item: a membership change. False if it was not there."""
-        delete = {"Delete": {
-            "TableName": self.table, "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
-            "ConditionExpression": "attribute_exists(#c)", "ExpressionAttributeNames": {"#c": "cluster"}}}
+        delete = {
+            "Delete": {
+                "TableName": self.table,
+                "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
+                "ConditionExpression": "attribute_exists(#c)",
+                "ExpressionAttributeNames": {"#c": "cluster"},
+            }
+        }
         try:
             self._transact(name, delete)
             return True
@@ -266,13 +316,19 @@ class Registry:
                 if code == "TransactionCanceledException" and "TransactionConflict" in reasons:
                     time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.random())
                     continue
-                if code == "TransactionCanceledException" and reasons and reasons[1] == "ConditionalCheckFailed":
+                if (
+                    code == "TransactionCanceledException"
+                    and reasons
+                    and reasons[1] == "ConditionalCheckFailed"
+                ):
                     raise NoSuchCluster(f"no cluster named {name!r} in the registry",
                                         "it was destroyed, or never created") from None
                 if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
                     raise _ConditionFailed() from None
                 raise explain_client_error("dynamodb:TransactWriteItems", err) from err
-        raise CloudError("dynamodb:TransactWriteItems kept conflicting", "too many concurrent writers; retry")
+        raise CloudError(
+            "dynamodb:TransactWriteItems kept conflicting", "too many concurrent writers; retry"
+        )
 
 
 class _ConditionFailed(Exception):

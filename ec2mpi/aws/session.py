@@ -20,9 +20,30 @@ ClientError = botocore.exceptions.ClientError
 BotoCoreError = botocore.exceptions.BotoCoreError
 
 _RETRIES = {"mode": "adaptive", "max_attempts": 10}
-MUTATING_PREFIXES = ("Create", "Put", "Run", "Delete", "Update", "Attach", "Detach", "Authorize",
-                     "Revoke", "Add", "Remove", "Tag", "Untag", "Terminate", "Modify", "TransactWrite",
-                     "BatchWrite", "Request", "Cancel", "Associate", "Disassociate", "Pass")
+MUTATING_PREFIXES = (
+    "Create",
+    "Put",
+    "Run",
+    "Delete",
+    "Update",
+    "Attach",
+    "Detach",
+    "Authorize",
+    "Revoke",
+    "Add",
+    "Remove",
+    "Tag",
+    "Untag",
+    "Terminate",
+    "Modify",
+    "TransactWrite",
+    "BatchWrite",
+    "Request",
+    "Cancel",
+    "Associate",
+    "Disassociate",
+    "Pass",
+)
 
 
 def error_code(err: ClientError) -> str:
@@ -45,10 +66,14 @@ class AwsSession:
                  endpoint_url: str | None = None, ca_bundle: str | None = None,
                  credentials: dict | None = None):
         try:
-            self._session = boto3.Session(profile_name=profile, region_name=region, **(credentials or {}))
+            self._session = boto3.Session(
+                profile_name=profile, region_name=region, **(credentials or {})
+            )
         except botocore.exceptions.ProfileNotFound:
-            raise UserError(f"AWS profile {profile!r} not found",
-                            "check ~/.aws/config or drop --profile / AWS_PROFILE") from None
+            raise UserError(
+                f"AWS profile {profile!r} not found",
+                "check ~/.aws/config or drop --profile / AWS_PROFILE",
+            ) from None
         self.endpoint_url = endpoint_url
         self.ca_bundle = ca_bundle
         self._clients: dict[str, object] = {}
@@ -65,15 +90,19 @@ class AwsSession:
                             "pass --region, set AWS_REGION, or set a region in ~/.aws/config")
         known = set(self._session.get_available_regions("ec2"))
         if known and region not in known and not self.endpoint_url:
-            raise UserError(f"unknown AWS region {region!r}", "use a region such as us-east-1 or eu-west-1")
+            raise UserError(
+                f"unknown AWS region {region!r}", "use a region such as us-east-1 or eu-west-1"
+            )
         return region
 
     def check_credentials(self) -> None:
         """Fail early and plainly, before anything is created."""
         creds = self._session.get_credentials()
         if creds is None:
-            raise UserError("no AWS credentials found",
-                            "set AWS_PROFILE or run 'aws configure' (or try the local cloud with --local)")
+            raise UserError(
+                "no AWS credentials found",
+                "set AWS_PROFILE or run 'aws configure' (or try the local cloud with --local)",
+            )
 
     def account_id(self) -> str:
         if self._account is None:
@@ -87,19 +116,26 @@ class AwsSession:
     # -- clients ----------------------------------------------------------------
     def client(self, service: str, max_attempts: int | None = None):
         """The cached client for `service`; `max_attempts` gives a separate client with fewer
-        retries, for optional calls (pricing, placement groups) that an emulator answers with 500."""
+        retries, for optional calls (pricing, placement groups) that an emulator answers with
+        500."""
         with self._lock:
             key = service if max_attempts is None else f"{service}#{max_attempts}"
             client = self._clients.get(key)
             if client is None:
-                retries = _RETRIES if max_attempts is None else {"mode": "standard", "total_max_attempts": max_attempts}
+                retries = (
+                    _RETRIES
+                    if max_attempts is None
+                    else {"mode": "standard", "total_max_attempts": max_attempts}
+                )
                 kwargs = {"config": Config(retries=retries, connect_timeout=10, read_timeout=60)}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url
                 if self.ca_bundle:
                     kwargs["verify"] = self.ca_bundle
                 # region is validated lazily: STS/IAM are global, but we still pin the region
-                client = self._session.client(service, region_name=self._session.region_name or None, **kwargs)
+                client = self._session.client(
+                    service, region_name=self._session.region_name or None, **kwargs
+                )
                 client.meta.events.register("before-call.*.*", self._before_call)
                 self._clients[key] = client
             return client

@@ -50,7 +50,9 @@ class Efs:
             if subnet in have:
                 continue
             try:
-                self.efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet, SecurityGroups=[security_group])
+                self.efs.create_mount_target(
+                    FileSystemId=fs_id, SubnetId=subnet, SecurityGroups=[security_group]
+                )
             except ClientError as err:
                 if error_code(err) != "MountTargetConflict":
                     raise explain_client_error("efs:CreateMountTarget", err) from err
@@ -59,11 +61,15 @@ class Efs:
     def _wait_available(self, fs_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            state = self.efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0]["LifeCycleState"]
+            state = self.efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0][
+                "LifeCycleState"
+            ]
             if state == "available":
                 return
             if time.monotonic() > deadline:
-                raise CloudError(f"EFS {fs_id} is still {state} after {timeout:.0f}s", "retry create; it resumes")
+                raise CloudError(
+                    f"EFS {fs_id} is still {state} after {timeout:.0f}s", "retry create; it resumes"
+                )
             time.sleep(2)
 
     def mount_targets(self, fs_id: str) -> list[dict]:

@@ -15,7 +15,9 @@ def tagged_resources(session: AwsSession, cluster: str, services=SERVICES) -> li
     arns, kwargs = [], {"ResourceTypeFilters": list(services)} if services else {}
     while True:
         try:
-            resp = client.get_resources(TagFilters=[{"Key": TAG_CLUSTER, "Values": [cluster]}], **kwargs)
+            resp = client.get_resources(
+                TagFilters=[{"Key": TAG_CLUSTER, "Values": [cluster]}], **kwargs
+            )
         except ClientError as err:
             raise explain_client_error("tag:GetResources", err) from err
         arns += [r["ResourceARN"] for r in resp.get("ResourceTagMappingList", [])]

@@ -32,11 +32,18 @@ class Templates:
             resp = self.ec2.describe_instance_types(InstanceTypes=list(types))
         except ClientError as err:
             if error_code(err) in ("InvalidInstanceType", "InvalidParameterValue"):
-                bad = [t for t in types if t in err.response["Error"].get("Message", "")] or list(types)
-                raise UserError(f"unknown instance type {', '.join(bad)!s} in region {self.session.region}",
-                                "use EC2 type names available there, e.g. c6i.large") from None
+                bad = [t for t in types if t in err.response["Error"].get("Message", "")] or list(
+                    types
+                )
+                raise UserError(
+                    f"unknown instance type {', '.join(bad)!s} in region {self.session.region}",
+                    "use EC2 type names available there, e.g. c6i.large",
+                ) from None
             raise explain_client_error("ec2:DescribeInstanceTypes", err) from err
-        return {t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in resp["InstanceTypes"]}
+        return {
+            t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 1)
+            for t in resp["InstanceTypes"]
+        }
 
     def resolve_image(self, image_id: str | None, parameter: str) -> str:
         if image_id:
@@ -48,15 +55,22 @@ class Templates:
 
     def find_launch_template(self) -> str | None:
         try:
-            lts = self.ec2.describe_launch_templates(LaunchTemplateNames=[self.names.launch_template])
+            lts = self.ec2.describe_launch_templates(
+                LaunchTemplateNames=[self.names.launch_template]
+            )
         except ClientError as err:
-            if error_code(err) in ("InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"):
+            if error_code(err) in (
+                "InvalidLaunchTemplateName.NotFoundException",
+                "InvalidLaunchTemplateId.NotFound",
+            ):
                 return None
             raise explain_client_error("ec2:DescribeLaunchTemplates", err) from err
         items = lts["LaunchTemplates"]
         return items[0]["LaunchTemplateId"] if items else None
 
-    def ensure_launch_template(self, image_id: str, profile_arn: str, sg: str, user_data: str) -> str:
+    def ensure_launch_template(
+        self, image_id: str, profile_arn: str, sg: str, user_data: str
+    ) -> str:
         """IMDSv2 required, metadata tags on, user-data stub, instance and volume tags."""
         lt = self.find_launch_template()
         if lt:
@@ -102,9 +116,13 @@ class Templates:
         """A cluster placement group, or None (with a warning) where the endpoint lacks them."""
         name = self.names.placement_group
         try:
-            self.session.client("ec2", max_attempts=1).create_placement_group(GroupName=name, Strategy="cluster",
-                                            TagSpecifications=[{"ResourceType": "placement-group",
-                                                                "Tags": cluster_tags(self.cluster)}])
+            self.session.client("ec2", max_attempts=1).create_placement_group(
+                GroupName=name,
+                Strategy="cluster",
+                TagSpecifications=[
+                    {"ResourceType": "placement-group", "Tags": cluster_tags(self.cluster)}
+                ],
+            )
             return name
         except ClientError as err:
             code = error_code(err)
@@ -122,7 +140,8 @@ class Templates:
     def delete_placement_group(self) -> list[str]:
         try:
             groups = self.session.client("ec2", max_attempts=1).describe_placement_groups(
-                Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}])["PlacementGroups"]
+                Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}]
+            )["PlacementGroups"]
         except (ClientError, BotoCoreError, ResponseParserError):
             return []  # the endpoint has no placement groups, so we made none
         for g in groups:

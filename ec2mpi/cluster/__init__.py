@@ -15,5 +15,16 @@ from .model import (
 )
 from .resize import DRAIN_WAIT
 
-__all__ = ["ClusterManager", "ClusterStatus", "ClusterSummary", "CostEstimate", "DestroyReport",
-           "NodeStatus", "PriceLine", "ProgressFn", "Removal", "DRAIN_WAIT", "HEARTBEAT_LOST_AFTER"]
+__all__ = [
+                    "DRAIN_WAIT",
+                    "HEARTBEAT_LOST_AFTER",
+                    "ClusterManager",
+                    "ClusterStatus",
+                    "ClusterSummary",
+                    "CostEstimate",
+                    "DestroyReport",
+                    "NodeStatus",
+                    "PriceLine",
+                    "ProgressFn",
+                    "Removal",
+]

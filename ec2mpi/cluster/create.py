@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from typing import Optional
 from urllib.parse import urlparse
 
 from .. import __version__, selfwheel
@@ -47,7 +46,7 @@ def complete_spec(mgr, spec: ClusterSpec) -> ClusterSpec:
     return spec.replace(ssh_cidr=f"{ip}/{ip.max_prefixlen}")
 
 
-def placement_group(mgr, templates: Templates, spec: ClusterSpec) -> Optional[str]:
+def placement_group(mgr, templates: Templates, spec: ClusterSpec) -> str | None:
     if not spec.placement_group:
         return None
     pg = templates.ensure_placement_group()
@@ -64,7 +63,7 @@ class Creation:
         self.network = Network(mgr.aws, spec.name)
         self.templates = Templates(mgr.aws, spec.name)
         self.instances = Instances(mgr.aws, spec.name)
-        self.item: Optional[dict] = None
+        self.item: dict | None = None
         self.subnets: list = []
         self.sg = self.profile_arn = self.wheel_key = self.lt = ""
         self.storage_id = ""
@@ -85,8 +84,10 @@ class Creation:
             self.mgr.say(0, 0, f"resuming the half-made cluster {name}")
             return
         if status == "creating":
-            raise UserError(f"cluster {name!r} is half-created with different settings",
-                            f"re-run create with the same settings, or 'ec2mpi destroy {name}' first")
+            raise UserError(
+                f"cluster {name!r} is half-created with different settings",
+                f"re-run create with the same settings, or 'ec2mpi destroy {name}' first",
+            )
         if status == "destroying":
             raise UserError(f"cluster {name!r} is being destroyed",
                             f"re-run 'ec2mpi destroy {name}' first")

@@ -21,7 +21,9 @@ def destroy(mgr, name: str) -> DestroyReport:
     item = mgr.registry.get_cluster(name) if mgr.table_exists() else None
     instances = insts.instances()
     if item is None and not instances and not leftovers(mgr, name):
-        raise UserError(f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist")
+        raise UserError(
+            f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist"
+        )
     if item is not None:
         mgr.registry.update_cluster(name, status="destroying")
     report = DestroyReport()
@@ -40,8 +42,14 @@ def destroy(mgr, name: str) -> DestroyReport:
     steps = [
         ("fleets", lambda: insts.delete_fleets_and_spot_requests(ids)),
         ("instances", instances_gone),
-        ("launch template", lambda: templates.delete_launch_template() + templates.delete_placement_group()
-         + insts.delete_volumes()),
+        (
+            "launch template",
+            lambda: (
+                templates.delete_launch_template()
+                + templates.delete_placement_group()
+                + insts.delete_volumes()
+            ),
+        ),
         ("efs", lambda: Efs(mgr.aws, name).delete()),
         ("security group", network.delete_security_group),
         ("iam", lambda: NodeRole(mgr.aws, name).delete()),
@@ -65,7 +73,11 @@ def _recorded(report: DestroyReport, kind: str, step):
 
 def leftovers(mgr, name: str) -> list:
     """Everything of the cluster that still exists (tagging API + direct describes)."""
-    insts, network, templates = Instances(mgr.aws, name), Network(mgr.aws, name), Templates(mgr.aws, name)
+    insts, network, templates = (
+        Instances(mgr.aws, name),
+        Network(mgr.aws, name),
+        Templates(mgr.aws, name),
+    )
     live = {i.instance_id for i in insts.instances()}
     gone = {i.instance_id for i in insts.instances(states=("terminated",))}
     left = []

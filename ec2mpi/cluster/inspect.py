@@ -18,7 +18,10 @@ def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
     item = mgr.require(name)
     spec = ClusterSpec.from_json(item["spec"])
     master = item.get("master")
-    instances = {i.instance_id: i for i in Instances(mgr.aws, name).instances(states=LIVE_STATES + ("terminated",))}
+    instances = {
+        i.instance_id: i
+        for i in Instances(mgr.aws, name).instances(states=LIVE_STATES + ("terminated",))
+    }
     order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
     now = time.time()
     nodes = []
@@ -29,18 +32,35 @@ def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
             state = "lost"   # still a member in the registry, but its instance is gone
         elif n.heartbeat and now - n.heartbeat > HEARTBEAT_LOST_AFTER:
             state = "lost"   # running, but its agent stopped answering
-        nodes.append(NodeStatus(
-            n.instance_id, "master" if n.instance_id == master else n.role,
-            n.instance_type or (inst.instance_type if inst else ""),
-            inst.lifecycle if inst else n.lifecycle, n.private_ip or (inst.private_ip if inst else ""),
-            inst.public_ip if inst else "", state, n.slots, n.hostname,
-            now - n.heartbeat if n.heartbeat else None))
+        nodes.append(
+            NodeStatus(
+                n.instance_id,
+                "master" if n.instance_id == master else n.role,
+                n.instance_type or (inst.instance_type if inst else ""),
+                inst.lifecycle if inst else n.lifecycle,
+                n.private_ip or (inst.private_ip if inst else ""),
+                inst.public_ip if inst else "",
+                state,
+                n.slots,
+                n.hostname,
+                now - n.heartbeat if n.heartbeat else None,
+            )
+        )
     for inst in instances.values():
         if inst.state in ("shutting-down", "terminated"):
-            continue   # gone before it ever registered
-        nodes.append(NodeStatus(inst.instance_id, "master" if inst.instance_id == master else "worker",
-                                inst.instance_type, inst.lifecycle, inst.private_ip, inst.public_ip,
-                                "pending", 0))
+            continue  # gone before it ever registered
+        nodes.append(
+            NodeStatus(
+                inst.instance_id,
+                "master" if inst.instance_id == master else "worker",
+                inst.instance_type,
+                inst.lifecycle,
+                inst.private_ip,
+                inst.public_ip,
+                "pending",
+                0,
+            )
+        )
     nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30), n.instance_id))
     st = ClusterStatus(name, item.get("status", "?"), spec, int(item.get("epoch", 0)), nodes)
     if with_cost:
@@ -53,8 +73,15 @@ def list_clusters(mgr) -> list:
     out = []
     for item in mgr.registry.list_clusters():
         nodes = mgr.registry.nodes(item["cluster"])
-        out.append(ClusterSummary(item["cluster"], item.get("status", "?"), len(nodes),
-                                  sum(1 for n in nodes if n.state == "ready"), int(item.get("created", 0))))
+        out.append(
+            ClusterSummary(
+                item["cluster"],
+                item.get("status", "?"),
+                len(nodes),
+                sum(1 for n in nodes if n.state == "ready"),
+                int(item.get("created", 0)),
+            )
+        )
     return out
 
 
@@ -120,6 +147,8 @@ def console_output(mgr, name: str, instance_id: str) -> str:
     mgr.preflight()
     instances = Instances(mgr.aws, name)
     if not instances.instances(states=None, ids=[instance_id]):
-        raise UserError(f"{instance_id} is not a node of cluster {name!r}", "see 'ec2mpi status' for its nodes")
+        raise UserError(
+            f"{instance_id} is not a node of cluster {name!r}", "see 'ec2mpi status' for its nodes"
+        )
     return instances.console_output(instance_id)
 

@@ -8,8 +8,6 @@ the checks they share, and hands each call to its module.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ..aws.keystore import KeyStore
 from ..aws.registry import NoSuchCluster, Registry
 from ..aws.session import AwsSession
@@ -29,12 +27,12 @@ class ClusterManager:
     poll_interval = 0.5   # seconds between registry reads while waiting (one small query each)
     drain_wait = DRAIN_WAIT   # seconds a removal waits for the master's hostfile to drop nodes
 
-    def __init__(self, aws: AwsSession, progress: Optional[ProgressFn] = None):
+    def __init__(self, aws: AwsSession, progress: ProgressFn | None = None):
         self.aws = aws
         self.progress = progress or (lambda done, total, message: None)
-        self._registry: Optional[Registry] = None
-        self._keystore: Optional[KeyStore] = None
-        self._region: Optional[str] = None
+        self._registry: Registry | None = None
+        self._keystore: KeyStore | None = None
+        self._region: str | None = None
         self._table = False
 
     # -- lifecycle (one module each) --------------------------------------------
@@ -44,15 +42,15 @@ class ClusterManager:
     def add_nodes(self, name: str, count: int, wait: bool = True, timeout: float = 900.0) -> list:
         return _resize.add_nodes(self, name, count, wait, timeout)
 
-    def plan_removal(self, name: str, count: Optional[int] = None,
-                     instance_ids: Optional[list] = None) -> Removal:
+    def plan_removal(self, name: str, count: int | None = None,
+                     instance_ids: list | None = None) -> Removal:
         return _resize.plan_removal(self, name, count, instance_ids)
 
     def remove(self, removal: Removal) -> list:
         return _resize.remove(self, removal)
 
-    def remove_nodes(self, name: str, count: Optional[int] = None,
-                     instance_ids: Optional[list] = None) -> list:
+    def remove_nodes(self, name: str, count: int | None = None,
+                     instance_ids: list | None = None) -> list:
         """plan_removal, then remove: what scripts and tests call."""
         return self.remove(self.plan_removal(name, count, instance_ids))
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from ..config import ClusterSpec
 
@@ -21,7 +21,7 @@ class NodeStatus:
     state: str                    # booting | ready | draining | pending | lost | terminated
     slots: int
     hostname: str = ""
-    heartbeat_age: Optional[float] = None   # seconds since the node's last heartbeat
+    heartbeat_age: float | None = None   # seconds since the node's last heartbeat
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class PriceLine:
     instance_type: str
     lifecycle: str                # spot | on-demand
     count: int
-    unit: Optional[float]
+    unit: float | None
 
     @property
-    def per_hour(self) -> Optional[float]:
+    def per_hour(self) -> float | None:
         return None if self.unit is None else self.unit * self.count
 
 
@@ -56,14 +56,14 @@ class ClusterStatus:
     spec: ClusterSpec
     epoch: int
     nodes: list = field(default_factory=list)   # list[NodeStatus], master first
-    cost: Optional[CostEstimate] = None
+    cost: CostEstimate | None = None
 
     @property
     def ready(self) -> int:
         return sum(1 for n in self.nodes if n.state == "ready")
 
     @property
-    def master(self) -> Optional[NodeStatus]:
+    def master(self) -> NodeStatus | None:
         return next((n for n in self.nodes if n.role == "master"), None)
 
 

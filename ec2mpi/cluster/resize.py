@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Optional
 
 from ..aws.instances import Instances, LaunchRequest
 from ..aws.network import Network
@@ -22,14 +21,16 @@ def ready_cluster(mgr, name: str) -> tuple[dict, ClusterSpec]:
     mgr.preflight()
     item = mgr.require(name)
     if item.get("status") != "ready":
-        raise UserError(f"cluster {name!r} is {item.get('status')}",
-                        f"finish it first: re-run 'ec2mpi create {name}' or 'ec2mpi destroy {name}'")
+        raise UserError(
+            f"cluster {name!r} is {item.get('status')}",
+            f"finish it first: re-run 'ec2mpi create {name}' or 'ec2mpi destroy {name}'",
+        )
     return item, ClusterSpec.from_json(item["spec"])
 
 
 def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
     count = parse_count(count)
-    item, spec = ready_cluster(mgr, name)
+    _item, spec = ready_cluster(mgr, name)
     templates, instances = Templates(mgr.aws, name), Instances(mgr.aws, name)
     lt = templates.find_launch_template()
     if lt is None:
@@ -49,8 +50,8 @@ def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
 _REMOVAL_ORDER = {"lost": 0, "terminated": 0, "draining": 1, "pending": 2, "booting": 2}
 
 
-def plan_removal(mgr, name: str, count: Optional[int] = None,
-                 instance_ids: Optional[list] = None) -> Removal:
+def plan_removal(mgr, name: str, count: int | None = None,
+                 instance_ids: list | None = None) -> Removal:
     """The one rule for which nodes a removal takes, and what they cost now. The prompt
     and the action both use it, so the nodes priced are the nodes removed."""
     if count is None and not instance_ids:
@@ -73,8 +74,10 @@ def plan_removal(mgr, name: str, count: Optional[int] = None,
     else:
         count = parse_count(count)
         if count > len(workers):
-            raise UserError(f"cluster {name} has {len(workers)} worker node(s), cannot remove {count}",
-                            f"give at most {len(workers)}, or destroy the cluster")
+            raise UserError(
+                f"cluster {name} has {len(workers)} worker node(s), cannot remove {count}",
+                f"give at most {len(workers)}, or destroy the cluster",
+            )
         newest_first = list(reversed(workers))     # status lists nodes in launch order
         chosen = sorted(newest_first, key=lambda n: _REMOVAL_ORDER.get(n.state, 3))[:count]
     return Removal(name, tuple(n.instance_id for n in chosen), tuple(chosen),

@@ -26,9 +26,11 @@ def wait_ready(mgr, name: str, ids: list, timeout: float) -> None:
                                   f"has not caught up after {timeout:.0f}s",
                                   f"check the master: ec2mpi logs master -c {name}")
             missing = sorted(want - ready)
-            raise WaitTimeout(f"{len(missing)} of {len(want)} node(s) not ready after "
-                              f"{timeout:.0f}s: {', '.join(missing)}",
-                              f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting")
+            raise WaitTimeout(
+                f"{len(missing)} of {len(want)} node(s) not ready after "
+                f"{timeout:.0f}s: {', '.join(missing)}",
+                f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting",
+            )
         time.sleep(max(0.0, min(mgr.poll_interval, deadline - time.monotonic())))
 
 

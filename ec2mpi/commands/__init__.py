@@ -16,7 +16,26 @@ from .table import (
            parse,
 )
 
-__all__ = ["COMMANDS", "GLOBAL_ARGS", "GLOBAL_DESTS", "EXIT_INTERRUPTED", "Arg", "Command", "Context",
-           "Parser", "ParserExit", "ProgressBar", "Result", "build_parser", "emit", "execute", "help_text",
-           "links_for", "parse", "read_template", "resolve_node", "run_line",
-           "spec_from_args"]
+__all__ = [
+           "COMMANDS",
+           "EXIT_INTERRUPTED",
+           "GLOBAL_ARGS",
+           "GLOBAL_DESTS",
+           "Arg",
+           "Command",
+           "Context",
+           "Parser",
+           "ParserExit",
+           "ProgressBar",
+           "Result",
+           "build_parser",
+           "emit",
+           "execute",
+           "help_text",
+           "links_for",
+           "parse",
+           "read_template",
+           "resolve_node",
+           "run_line",
+           "spec_from_args",
+]

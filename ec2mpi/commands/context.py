@@ -6,7 +6,7 @@ import argparse
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .. import output, userdirs
 from ..config import validate_name
@@ -20,12 +20,13 @@ class Result:
     """What a handler returns: `data` for --json, `text` for people, `status` the exit status."""
 
     data: Any = None
-    text: Optional[str] = None
+    text: str | None = None
     status: int = 0
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per change otherwise)."""
+    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per change
+    otherwise)."""
 
     def __init__(self, stream, what: str):
         self.stream, self.what = stream, what
@@ -44,7 +45,7 @@ class ProgressBar:
                     self.stream.write(line + "\n")
                 self.stream.flush()
                 self._last, self.shown = (done, total, message), True
-        except Exception:  # progress must never break the operation it reports on
+        except Exception:  # noqa: BLE001, S110 - progress must never break the operation it reports on
             pass
 
     def finish(self) -> None:
@@ -60,8 +61,8 @@ class Context:
     create dialog; a script without a terminal cannot, so destructive commands need --yes.
     """
 
-    def __init__(self, args=None, out=None, err=None, can_ask: Optional[bool] = None,
-                 ask: Optional[Callable[[str], bool]] = None, dialog: Optional[Callable] = None):
+    def __init__(self, args=None, out=None, err=None, can_ask: bool | None = None,
+                 ask: Callable[[str], bool] | None = None, dialog: Callable | None = None):
         self.args = args or argparse.Namespace(**{d: None for d in GLOBAL_DESTS})
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -81,7 +82,9 @@ class Context:
         if getattr(self.args, "yes", False):
             return True
         if not self.can_ask:
-            raise UserError("refusing to do this without confirmation", "pass --yes to confirm in scripts")
+            raise UserError(
+                "refusing to do this without confirmation", "pass --yes to confirm in scripts"
+            )
         return self._ask(question)
 
     def _ask_on_terminal(self, question: str) -> bool:
@@ -134,5 +137,7 @@ class Context:
             return last
         if not names:
             raise UserError("there is no cluster yet", "create one with: ec2mpi create NAME")
-        raise UserError(f"{len(names)} clusters exist ({', '.join(sorted(names))}) and none was chosen",
-                        "pass -c NAME, or run: ec2mpi use NAME")
+        raise UserError(
+            f"{len(names)} clusters exist ({', '.join(sorted(names))}) and none was chosen",
+            "pass -c NAME, or run: ec2mpi use NAME",
+        )

@@ -12,7 +12,9 @@ def cmd_put(ctx, a) -> Result:
     name = ctx.cluster_name()
     client, closers, status, _ = _open(ctx, name, None)
     try:
-        target = remote.remote_path(status.spec.shared_path, a.remote, os.path.basename(a.local.rstrip("/")))
+        target = remote.remote_path(
+            status.spec.shared_path, a.remote, os.path.basename(a.local.rstrip("/"))
+        )
         sent = remote.put(client, a.local, target)
     finally:
         _close(closers)

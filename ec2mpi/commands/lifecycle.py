@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 from .. import output, userdirs
 from ..config import ClusterSpec, validate_name
@@ -10,8 +9,12 @@ from ..errors import Ec2mpiError, UserError
 from .context import Context, Result
 
 
-def spec_from_args(args: argparse.Namespace, template: Optional[dict] = None, defaults: Optional[dict] = None,
-                   local_info=None) -> ClusterSpec:
+def spec_from_args(
+    args: argparse.Namespace,
+    template: dict | None = None,
+    defaults: dict | None = None,
+    local_info=None,
+) -> ClusterSpec:
     """User defaults < template < flags (< the local cloud's fixed region and SSH range)."""
     data: dict = {}
     data.update(defaults or {})
@@ -27,7 +30,7 @@ def spec_from_args(args: argparse.Namespace, template: Optional[dict] = None, de
     return ClusterSpec.from_mapping(data)
 
 
-def read_template(path: Optional[str]) -> dict:
+def read_template(path: str | None) -> dict:
     if not path:
         return {}
     data = userdirs.read_toml(path)
@@ -63,10 +66,14 @@ def cmd_destroy(ctx, a) -> Result:
     mgr = ctx.manager()
     try:
         st = mgr.status(name)
-        what = (f"cluster {name}: {len(st.nodes)} node(s) ({output.lifecycle_mix(st.nodes)}), "
-                f"{'no shared storage' if st.spec.storage == 'none' else 'its ' + st.spec.storage + ' storage'} "
-                f"and everything tagged with it, saving about "
-                f"{output.money(st.cost.per_hour if st.cost else None)}")
+        kind = st.spec.storage
+        storage = "no shared storage" if kind == "none" else f"its {kind} storage"
+        what = (
+            f"cluster {name}: {len(st.nodes)} node(s) ({output.lifecycle_mix(st.nodes)}), "
+            f"{storage} "
+            f"and everything tagged with it, saving about "
+            f"{output.money(st.cost.per_hour if st.cost else None)}"
+        )
     except Ec2mpiError:  # half-made or already partly gone: destroy still sweeps by tag
         what = f"everything tagged as cluster {name}"
     if not ctx.confirm(f"destroy {what}?"):
@@ -97,7 +104,9 @@ def cmd_use(ctx, a) -> Result:
     name = validate_name(a.name)
     names = [s.name for s in ctx.manager().list_clusters()]
     if name not in names:
-        raise UserError(f"no cluster named {name!r}", f"existing: {', '.join(sorted(names)) or 'none'}")
+        raise UserError(
+            f"no cluster named {name!r}", f"existing: {', '.join(sorted(names)) or 'none'}"
+        )
     userdirs.remember_cluster(name)
     return Result({"cluster": name}, f"now using cluster {name}")
 

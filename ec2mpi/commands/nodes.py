@@ -11,12 +11,18 @@ def cmd_add_nodes(ctx, a) -> Result:
     name = ctx.cluster_name()
     bar = ctx.progress(f"add-nodes {name}")
     try:
-        added = ctx.manager(progress=bar).add_nodes(name, a.count, wait=not a.no_wait, timeout=a.timeout)
+        added = ctx.manager(progress=bar).add_nodes(
+            name, a.count, wait=not a.no_wait, timeout=a.timeout
+        )
     finally:
         bar.finish()
     ids = [getattr(x, "instance_id", x) for x in added]
-    return Result({"cluster": name, "added": ids},
-                  f"added {len(ids)} node(s) to {name}: {', '.join(ids)}" if ids else f"no node added to {name}")
+    return Result(
+        {"cluster": name, "added": ids},
+        f"added {len(ids)} node(s) to {name}: {', '.join(ids)}"
+        if ids
+        else f"no node added to {name}",
+    )
 
 
 def cmd_remove_nodes(ctx, a) -> Result:

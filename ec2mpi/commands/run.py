@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import traceback
-from typing import Optional
 
 from .. import userdirs
 from ..config import validate_name
@@ -22,8 +21,10 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
     ctx.args = args
     try:
         if command.destructive and not args.yes and not ctx.can_ask:
-            raise UserError(f"'{command.name}' needs confirmation and there is no terminal to ask on",
-                            "pass --yes to confirm in scripts")
+            raise UserError(
+                f"'{command.name}' needs confirmation and there is no terminal to ask on",
+                "pass --yes to confirm in scripts",
+            )
         result = command.handler(ctx, args) or Result()
         emit(ctx, result)
         if args.cluster and result.status == 0:   # -c NAME picks the cluster for the next ones
@@ -38,8 +39,10 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
         return exc.status
     except KeyboardInterrupt:
         if command.waits:
-            ctx.say("\nec2mpi: stopped waiting. Nothing is half-made: the cluster stays consistent and "
-                    "nodes already launched keep booting; 'ec2mpi status' shows where it is.")
+            ctx.say(
+                "\nec2mpi: stopped waiting. Nothing is half-made: the cluster stays consistent and "
+                "nodes already launched keep booting; 'ec2mpi status' shows where it is."
+            )
         else:
             ctx.say("\nec2mpi: interrupted")
         return EXIT_INTERRUPTED
@@ -49,7 +52,7 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 1
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         if type(exc).__module__.split(".")[0] in ("botocore", "boto3", "urllib3"):
             # the network or the endpoint failed below the adapters: an AWS failure, not a bug
             if args.verbose:
@@ -68,12 +71,16 @@ def execute(command: Command, args: argparse.Namespace, ctx: Context) -> int:
 def emit(ctx: Context, result: Result) -> None:
     if ctx.args.json:
         if result.data is not None:
-            print(json.dumps(result.data, indent=2, sort_keys=True, default=str), file=ctx.out, flush=True)
+            print(
+                json.dumps(result.data, indent=2, sort_keys=True, default=str),
+                file=ctx.out,
+                flush=True,
+            )
     elif result.text:
         print(result.text, file=ctx.out, flush=True)
 
 
-def run_line(argv: list[str], ctx: Context, base: Optional[argparse.Namespace] = None) -> int:
+def run_line(argv: list[str], ctx: Context, base: argparse.Namespace | None = None) -> int:
     """Parse and run one command line (used by the shell for every line it reads)."""
     try:
         args, command = parse(argv, base)

@@ -57,13 +57,21 @@ def state_dir() -> Path:
 # --------------------------------------------------------------------------- client side
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise UserError("the local cloud needs root (it creates network namespaces, a bridge and one sshd per node)",
-                        "run with sudo, or use a real AWS account without --local")
+        raise UserError(
+            "the local cloud needs root (it creates network namespaces, a bridge and one sshd per "
+            "node)",
+            "run with sudo, or use a real AWS account without --local",
+        )
     for tool in ("ip", "unshare", "nsenter", "ssh-keygen"):
         if shutil.which(tool) is None:
-            raise UserError(f"the local cloud needs '{tool}'", "apt-get install iproute2 util-linux openssh-client")
+            raise UserError(
+                f"the local cloud needs '{tool}'",
+                "apt-get install iproute2 util-linux openssh-client",
+            )
     if not os.path.exists("/usr/sbin/sshd"):
-        raise UserError("the local cloud needs sshd for its nodes", "apt-get install openssh-server")
+        raise UserError(
+            "the local cloud needs sshd for its nodes", "apt-get install openssh-server"
+        )
 
 
 @contextmanager
@@ -100,8 +108,11 @@ def _live_owner() -> dict | None:
 def _refuse_foreign(state: Path) -> None:
     owner = _live_owner()
     if owner and Path(owner["state_dir"]) != state:
-        raise UserError(f"another local cloud runs on this machine (state {owner['state_dir']}, pid {owner['pid']})",
-                        f"stop it first: EC2MPI_LOCAL_STATE={owner['state_dir']} ec2mpi --local local down")
+        raise UserError(
+            f"another local cloud runs on this machine (state {owner['state_dir']}, pid "
+            f"{owner['pid']})",
+            f"stop it first: EC2MPI_LOCAL_STATE={owner['state_dir']} ec2mpi --local local down",
+        )
 
 
 def ensure_up(progress=None) -> LocalCloudInfo:
@@ -131,10 +142,14 @@ def ensure_up(progress=None) -> LocalCloudInfo:
             cleanup(state)
         progress("starting the local cloud (moto control plane, metadata service, node runner)")
         state.mkdir(parents=True, exist_ok=True)
-        logf = open(state / "daemon.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.localcloud.daemon", "--state-dir", str(state)],
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        logf = open(state / "daemon.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ec2mpi.localcloud.daemon", "--state-dir", str(state)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             info = _read_info(state)

@@ -100,20 +100,39 @@ def ensure_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
             ca_key = ca_cert = None  # torn write or about to expire: start a new CA
     if ca_cert is None:
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ec2mpi local cloud"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, f"ec2mpi local CA {now:%Y%m%d%H%M%S}")])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ec2mpi local cloud"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"ec2mpi local CA {now:%Y%m%d%H%M%S}"),
+            ]
+        )
         ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-        ca_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=3650))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                                key_encipherment=False, data_encipherment=False,
-                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                encipher_only=False, decipher_only=False), critical=True)
-                   .add_extension(ski, critical=False)
-                   .sign(ca_key, hashes.SHA256()))
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         _write_atomic(ca_key_path, ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()), 0o600)
         _write_atomic(ca_cert_path, ca_cert.public_bytes(pem))
@@ -121,23 +140,37 @@ def ensure_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     ips = {ipaddress.ip_address(h) for h in (host, "127.0.0.1", "::1") if _is_ip(h)}
     san = [x509.DNSName("localhost")] + [x509.IPAddress(ip) for ip in sorted(ips, key=str)]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=397))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=397))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_path, key_path = state_dir / SERVER_CERT, state_dir / SERVER_KEY
     _write_atomic(key_path, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()), 0o600)
@@ -163,24 +196,30 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0) -> ControlPlane:
+def start(
+    state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0
+) -> ControlPlane:
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     info_path = state / "controlplane.json"
     info_path.unlink(missing_ok=True)
-    log = open(state / "controlplane.log", "ab")
+    log = open(state / "controlplane.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.localcloud.controlplane", "--host", host,
                              "--state-dir", str(state)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"control plane exited ({proc.returncode}); see {state / 'controlplane.log'}")
+            raise RuntimeError(
+                f"control plane exited ({proc.returncode}); see {state / 'controlplane.log'}"
+            )
         if info_path.exists():
             return ControlPlane(proc, ControlPlaneInfo(**json.loads(info_path.read_text())))
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"control plane did not start in {timeout:.0f}s; see {state / 'controlplane.log'}")
+    raise RuntimeError(
+        f"control plane did not start in {timeout:.0f}s; see {state / 'controlplane.log'}"
+    )
 
 
 def _servers():
@@ -266,7 +305,7 @@ def serve(host: str, state_dir: Path) -> None:
         for service in WARM_SERVICES:
             try:
                 app = create_app(service)
-            except Exception:  # noqa: BLE001 - warm-up is an optimisation only
+            except Exception:  # noqa: BLE001, S112
                 continue
             with dispatcher.lock:
                 dispatcher.app_instances.setdefault(service, app)

@@ -125,7 +125,8 @@ class Daemon:
 
     # -- the node runner --------------------------------------------------------
     def instances(self) -> list[dict]:
-        """Pending and running instances only: terminated ones pile up and would make every poll heavier."""
+        """Pending and running instances only: terminated ones pile up and would make every poll
+        heavier."""
         out = []
         live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         for page in self.ec2.get_paginator("describe_instances").paginate(Filters=live):
@@ -138,7 +139,11 @@ class Daemon:
         live = {}
         for inst in self.instances():
             ip = inst.get("PrivateIpAddress")
-            if inst["State"]["Name"] in ("pending", "running") and ip and ipaddress.ip_address(ip) in subnet:
+            if (
+                inst["State"]["Name"] in ("pending", "running")
+                and ip
+                and ipaddress.ip_address(ip) in subnet
+            ):
                 live[inst["InstanceId"]] = inst
         for iid, inst in live.items():
             if iid not in self.running and iid not in self.failed:
@@ -159,11 +164,18 @@ class Daemon:
         user_data = base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
         node = nodes.Node(self.nodes_root, iid, ip)
         self.views[ip] = InstanceView(
-            instance_id=iid, private_ip=ip, instance_type=inst.get("InstanceType", ""),
+            instance_id=iid,
+            private_ip=ip,
+            instance_type=inst.get("InstanceType", ""),
             lifecycle="spot" if inst.get("InstanceLifecycle") == "spot" else "on-demand",
             availability_zone=inst.get("Placement", {}).get("AvailabilityZone", REGION + "a"),
-            region=REGION, hostname=node.hostname, role=self.role_of(inst), image_id=inst.get("ImageId", ""),
-            tags={t["Key"]: t["Value"] for t in inst.get("Tags", [])}, user_data=user_data)
+            region=REGION,
+            hostname=node.hostname,
+            role=self.role_of(inst),
+            image_id=inst.get("ImageId", ""),
+            tags={t["Key"]: t["Value"] for t in inst.get("Tags", [])},
+            user_data=user_data,
+        )
         self.running[iid] = node
         log.info("starting node %s at %s", iid, ip)
         self.pool.submit(self._start, node, user_data)
@@ -187,7 +199,7 @@ class Daemon:
             try:
                 roles = self.aws.client("iam").get_instance_profile(InstanceProfileName=profile)
                 self.roles[profile] = roles["InstanceProfile"]["Roles"][0]["RoleName"]
-            except Exception:
+            except Exception:  # noqa: BLE001
                 self.roles[profile] = profile
         return self.roles[profile]
 
@@ -241,7 +253,10 @@ class Daemon:
         root = self.state / "efs"
         if not root.exists():
             return
-        alive = {fs["FileSystemId"] for fs in self.aws.client("efs").describe_file_systems()["FileSystems"]}
+        alive = {
+            fs["FileSystemId"]
+            for fs in self.aws.client("efs").describe_file_systems()["FileSystems"]
+        }
         for path in root.iterdir():
             if path.name not in alive:
                 shutil.rmtree(path, ignore_errors=True)

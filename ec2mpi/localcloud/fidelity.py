@@ -60,7 +60,8 @@ import contextvars
 import logging
 import re
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,15 @@ def _consume(body: Iterable[bytes]) -> list[bytes]:
             body.close()
 
 
-_TRANSACTIONS: dict[str, tuple[float, str, list, list[bytes]]] = {}  # token -> (time, status, headers, body)
+_TRANSACTIONS: dict[
+    str, tuple[float, str, list, list[bytes]]
+] = {}  # token -> (time, status, headers, body)
 _TOKEN_TTL = 600.0
 
 
-def _idempotent_transaction(app: Callable, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+def _idempotent_transaction(
+    app: Callable, environ: dict[str, Any], start_response: Callable
+) -> list[bytes]:
     """TransactWriteItems with AWS's ClientRequestToken semantics (caller holds the lock)."""
     import io
     import json
@@ -138,7 +143,11 @@ def _idempotent_transaction(app: Callable, environ: dict[str, Any], start_respon
 
     def capture(status, headers, exc_info=None):
         captured.update(status=status, headers=list(headers))
-        return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+        return (
+            start_response(status, headers, exc_info)
+            if exc_info
+            else start_response(status, headers)
+        )
 
     body = _consume(app(environ, capture))
     if token and captured.get("status", "").startswith("200"):
@@ -149,7 +158,8 @@ def _idempotent_transaction(app: Callable, environ: dict[str, Any], start_respon
 # --------------------------------------------------------------------------- conditions
 
 def _like(pattern: str, value: str) -> bool:
-    # IAM wildcards: * any run of characters, ? one character; case-sensitive (not fnmatch: no [] sets).
+    # IAM wildcards: * any run of characters, ? one character; case-sensitive (not fnmatch: no []
+    # sets).
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, value, flags=re.DOTALL) is not None
 
@@ -178,7 +188,9 @@ def _lookup(context: dict[str, Any], key: str) -> list[str] | None:
     return None
 
 
-def evaluate_condition_block(conditions: dict[str, dict[str, Any]], context: dict[str, Any] | None) -> bool:
+def evaluate_condition_block(
+    conditions: dict[str, dict[str, Any]], context: dict[str, Any] | None
+) -> bool:
     """True if every operator/key in a statement's Condition block is met (AWS semantics)."""
     context = context or {}
     for operator, keys in conditions.items():
@@ -193,7 +205,10 @@ def evaluate_condition_block(conditions: dict[str, dict[str, Any]], context: dic
                     return False
                 continue
             if base not in _OPERATORS:
-                log.warning("condition operator %s not emulated; treated as met (moto's behaviour)", operator)
+                log.warning(
+                    "condition operator %s not emulated; treated as met (moto's behaviour)",
+                    operator,
+                )
                 continue
             match, negated = _OPERATORS[base]
             if actual is None:
@@ -222,12 +237,20 @@ def apply() -> None:
     original_statement_check = IAMPolicyStatement.is_action_permitted
 
     def _check_conditions(self, incoming_condition_values=None) -> bool:
-        return evaluate_condition_block(self._statement.get("Condition") or {}, incoming_condition_values)
+        return evaluate_condition_block(
+            self._statement.get("Condition") or {}, incoming_condition_values
+        )
 
-    def is_action_permitted(self, action, resource="*", principal=None, incoming_condition_values=None):
-        if self._statement.get("Condition") and not self._check_conditions(incoming_condition_values):
+    def is_action_permitted(
+        self, action, resource="*", principal=None, incoming_condition_values=None
+    ):
+        if self._statement.get("Condition") and not self._check_conditions(
+            incoming_condition_values
+        ):
             return PermissionResult.NEUTRAL
-        return original_statement_check(self, action, resource, principal, incoming_condition_values)
+        return original_statement_check(
+            self, action, resource, principal, incoming_condition_values
+        )
 
     IAMPolicyStatement._check_conditions = _check_conditions
     IAMPolicyStatement.is_action_permitted = is_action_permitted
@@ -254,7 +277,9 @@ def apply() -> None:
             bucket = self.backend.get_bucket(bucket_name)
         except MissingBucket:
             return  # e.g. CreateBucket: nothing to evaluate yet
-        resource = f"arn:{bucket.partition}:s3:::{bucket_name}" + (f"/{key_name}" if key_name else "")
+        resource = f"arn:{bucket.partition}:s3:::{bucket_name}" + (
+            f"/{key_name}" if key_name else ""
+        )
         if bucket.get_permission(f"s3:{action}", resource) == PermissionResult.DENIED:
             raise BucketAccessDeniedError(bucket=bucket_name)
 
@@ -298,13 +323,22 @@ def _apply_ec2() -> None:
         from moto.ec2.models.fleets import Fleet
 
         def _attach_profiles(fleet) -> None:
-            launched = [(r.instance, r.launch_spec) for r in fleet.spot_requests if getattr(r, "instance", None)]
+            launched = [
+                (r.instance, r.launch_spec)
+                for r in fleet.spot_requests
+                if getattr(r, "instance", None)
+            ]
             launched += [(d["instance"], d["launch_spec"]) for d in fleet.on_demand_instances]
             for instance, spec in launched:
                 profile = getattr(spec, "iam_instance_profile", None) or {}
-                if isinstance(profile.get("Arn"), dict):  # moto wraps the template's {"Arn"|"Name": ...} again
+                if isinstance(
+                    profile.get("Arn"), dict
+                ):  # moto wraps the template's {"Arn"|"Name": ...} again
                     profile = profile["Arn"]
-                if profile and instance.id not in fleet.ec2_backend.iam_instance_profile_associations:
+                if (
+                    profile
+                    and instance.id not in fleet.ec2_backend.iam_instance_profile_associations
+                ):
                     fleet.ec2_backend.associate_iam_instance_profile(
                         instance.id, iam_instance_profile_name=profile.get("Name"),
                         iam_instance_profile_arn=profile.get("Arn"))

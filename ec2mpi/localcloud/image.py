@@ -33,11 +33,25 @@ def system_python() -> str:
 
 
 def _pip(*args: str) -> None:
-    res = subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                          "--disable-pip-version-check", *args], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            str(VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *args,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
-        raise CloudError(f"installing {' '.join(args)} into the local image failed: {res.stderr.strip()[-400:]}",
-                         "check that PyPI is reachable, then retry")
+        raise CloudError(
+            f"installing {' '.join(args)} into the local image failed: {res.stderr.strip()[-400:]}",
+            "check that PyPI is reachable, then retry",
+        )
 
 
 def ensure_image(progress=lambda msg: None, work_dir: Path | None = None) -> bool:
@@ -47,7 +61,11 @@ def ensure_image(progress=lambda msg: None, work_dir: Path | None = None) -> boo
         progress(f"baking the local node image at {VENV} (once; about 15 s)")
         subprocess.run([system_python(), "-m", "venv", str(VENV)], check=True)
         changed = True
-    missing = [p for p in NODE_PACKAGES if not list((VENV / "lib").glob(f"python3*/site-packages/{p}-*.dist-info"))]
+    missing = [
+        p
+        for p in NODE_PACKAGES
+        if not list((VENV / "lib").glob(f"python3*/site-packages/{p}-*.dist-info"))
+    ]
     if missing:
         progress(f"installing {', '.join(missing)} into the node image")
         _pip(*missing)
@@ -76,4 +94,6 @@ def ensure_cluster_user(user: str = CLUSTER_USER) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "-M", "-d", f"/home/{user}", "-s", "/bin/bash", "-p", "*", user], check=True)
+        subprocess.run(
+            ["useradd", "-M", "-d", f"/home/{user}", "-s", "/bin/bash", "-p", "*", user], check=True
+        )

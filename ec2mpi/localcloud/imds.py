@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional
+from typing import Callable
 
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -51,9 +51,10 @@ def _now() -> dt.datetime:
 
 
 class ImdsServer:
-    """`ImdsServer(host, port, lookup)`; start() / stop(); `url` ends with '/'. port 0 = any free port."""
+    """`ImdsServer(host, port, lookup)`; start() / stop(); `url` ends with '/'. port 0 = any free
+    port."""
 
-    def __init__(self, host: str, port: int, lookup: Callable[[str], Optional[InstanceView]]):
+    def __init__(self, host: str, port: int, lookup: Callable[[str], InstanceView | None]):
         self.lookup = lookup
         self._tokens: dict[str, float] = {}
         self._interruptions: dict[str, dict] = {}
@@ -61,14 +62,14 @@ class ImdsServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def start(self) -> "ImdsServer":
+    def start(self) -> ImdsServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="imds", daemon=True)
         self._thread.start()
         return self
@@ -79,13 +80,13 @@ class ImdsServer:
 
     # -- fault injection --------------------------------------------------------
     def inject_interruption(self, instance_id: str, action: str = "terminate",
-                            at: Optional[dt.datetime] = None) -> None:
+                            at: dt.datetime | None = None) -> None:
         """Serve spot/instance-action for this instance from now on (AWS gives 2 minutes)."""
         at = at or _now() + dt.timedelta(minutes=2)
         with self._lock:
             self._interruptions[instance_id] = {"action": action, "time": _iso(at)}
 
-    def inject_rebalance(self, instance_id: str, at: Optional[dt.datetime] = None) -> None:
+    def inject_rebalance(self, instance_id: str, at: dt.datetime | None = None) -> None:
         with self._lock:
             self._rebalance[instance_id] = {"noticeTime": _iso(at or _now())}
 
@@ -103,7 +104,7 @@ class ImdsServer:
             self._tokens[token] = now + ttl
         return token
 
-    def _token_ok(self, token: Optional[str]) -> bool:
+    def _token_ok(self, token: str | None) -> bool:
         with self._lock:
             return bool(token) and self._tokens.get(token, 0) > time.monotonic()
 
@@ -125,18 +126,29 @@ class ImdsServer:
             if view.instance_id in self._interruptions:
                 meta["spot/instance-action"] = json.dumps(self._interruptions[view.instance_id])
             if view.instance_id in self._rebalance:
-                meta["events/recommendations/rebalance"] = json.dumps(self._rebalance[view.instance_id])
+                meta["events/recommendations/rebalance"] = json.dumps(
+                    self._rebalance[view.instance_id]
+                )
         if view.role:
             meta["iam/security-credentials/" + view.role] = json.dumps(_credentials())
-            meta["iam/info"] = json.dumps({
-                "Code": "Success", "LastUpdated": _iso(_now()),
-                "InstanceProfileArn": f"arn:aws:iam::{view.account_id}:instance-profile/{view.role}",
-                "InstanceProfileId": "AIPA" + view.instance_id[2:].upper()})
+            meta["iam/info"] = json.dumps(
+                {
+                    "Code": "Success",
+                    "LastUpdated": _iso(_now()),
+                    "InstanceProfileArn":
+                        f"arn:aws:iam::{view.account_id}:instance-profile/{view.role}",
+                    "InstanceProfileId": "AIPA" + view.instance_id[2:].upper(),
+                }
+            )
         for key, value in view.tags.items():
             meta["tags/instance/" + key] = str(value)
 
         if path == "user-data":
-            return (200, "application/octet-stream", view.user_data) if view.user_data else (404, "", b"")
+            return (
+                (200, "application/octet-stream", view.user_data)
+                if view.user_data
+                else (404, "", b"")
+            )
         if path == "dynamic/instance-identity/document":
             return 200, "application/json", json.dumps({
                 "accountId": view.account_id, "architecture": "x86_64",
@@ -161,9 +173,15 @@ class ImdsServer:
 def _credentials() -> dict:
     """Dummy temporary credentials in the real shape (the local control plane accepts any)."""
     now = _now()
-    return {"Code": "Success", "LastUpdated": _iso(now), "Type": "AWS-HMAC",
-            "AccessKeyId": "ASIALOCALCLOUD00000", "SecretAccessKey": "local-cloud-dummy-secret",
-            "Token": "local-cloud-dummy-session-token", "Expiration": _iso(now + dt.timedelta(hours=6))}
+    return {
+        "Code": "Success",
+        "LastUpdated": _iso(now),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": "ASIALOCALCLOUD00000",
+        "SecretAccessKey": "local-cloud-dummy-secret",
+        "Token": "local-cloud-dummy-session-token",
+        "Expiration": _iso(now + dt.timedelta(hours=6)),
+    }
 
 
 def _handler_for(server: ImdsServer):

@@ -50,7 +50,7 @@ Subsystem sftp internal-sftp
 
 
 def run(*cmd: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip() or res.stdout.strip()}")
     return res
@@ -135,18 +135,32 @@ class Node:
     # -- life ---------------------------------------------------------------
     def start(self, user_data: bytes, env: dict[str, str], ca_bundle: str | None = None) -> None:
         """Create the node and start its sshd and user-data (in the background)."""
-        destroy(self.instance_id, self.dir.parent)  # a stale node of the same id never half-survives
+        destroy(
+            self.instance_id, self.dir.parent
+        )  # a stale node of the same id never half-survives
         self._prepare_dirs(user_data, ca_bundle)
         self._network()
         self._spawn_anchor()
-        self.nsenter("/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log"))
-        console = open(self.dir / "console.log", "ab")
+        self.nsenter(
+            "/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")
+        )
+        console = open(self.dir / "console.log", "ab")  # noqa: SIM115
         base_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     "HOME": "/root", "LANG": "C.UTF-8"}
-        subprocess.Popen(self._enter_cmd() + ["env", "-i", *[f"{k}={v}" for k, v in {**base_env, **env}.items()],
-                                              "/bin/bash", str(self.dir / "user-data")],
-                         stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+        subprocess.Popen(
+            self._enter_cmd()
+            + [
+                "env",
+                "-i",
+                *[f"{k}={v}" for k, v in {**base_env, **env}.items()],
+                "/bin/bash",
+                str(self.dir / "user-data"),
+            ],
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _prepare_dirs(self, user_data: bytes, ca_bundle: str | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -158,13 +172,29 @@ class Node:
         if not key.exists():
             run("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key))
         (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(ip=self.ip, node_dir=self.dir))
-        if ca_bundle:  # the node trusts the local cloud's CA system-wide (s3fs/libcurl read only this)
+        if (
+            ca_bundle
+        ):  # the node trusts the local cloud's CA system-wide (s3fs/libcurl read only this)
             system = Path(SYSTEM_CA_BUNDLE).read_bytes() if Path(SYSTEM_CA_BUNDLE).exists() else b""
-            (self.dir / "ca-certificates.crt").write_bytes(system + b"\n" + Path(ca_bundle).read_bytes())
+            (self.dir / "ca-certificates.crt").write_bytes(
+                system + b"\n" + Path(ca_bundle).read_bytes()
+            )
 
     def _network(self) -> None:
         run("ip", "netns", "add", self.netns)
-        run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        run(
+            "ip",
+            "link",
+            "add",
+            self.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.netns,
+        )
         run("ip", "link", "set", self.veth, "master", BRIDGE, "up")
         run("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{PREFIXLEN}", "dev", "eth0")
         run("ip", "-n", self.netns, "link", "set", "eth0", "up")
@@ -176,12 +206,30 @@ class Node:
             binds.append(f"mount --bind {self.dir / 'ca-certificates.crt'} {SYSTEM_CA_BUNDLE}")
         ready = self.dir / "anchor.ready"
         ready.unlink(missing_ok=True)
-        script = " && ".join([f"hostname {self.hostname}", *binds, f"touch {ready}", "exec sleep infinity"])
+        script = " && ".join(
+            [f"hostname {self.hostname}", *binds, f"touch {ready}", "exec sleep infinity"]
+        )
         self.anchor = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--propagation", "private",
-             "--", "/bin/sh", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / "anchor.log", "ab"),
-            start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "unshare",
+                "--uts",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "anchor.log", "ab"),  # noqa: SIM115
+            start_new_session=True,
+        )
         (self.dir / "anchor.pid").write_text(str(self.anchor.pid))
         deadline = time.monotonic() + 10
         while not ready.exists():

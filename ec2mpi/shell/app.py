@@ -32,13 +32,21 @@ class Shell:
             userdirs.remember_cluster(self.base.cluster)
             self.base.cluster = None
         self.io = {"input": input, "output": output}
-        self.ctx = commands.Context(copy.copy(self.base), can_ask=True, ask=self.ask, dialog=self.create_dialog)
+        self.ctx = commands.Context(
+            copy.copy(self.base), can_ask=True, ask=self.ask, dialog=self.create_dialog
+        )
         self.state = LiveState(self._background_manager, interval=refresh_interval)
         self.background = background
         self.session = PromptSession(
-            history=FileHistory(str(userdirs.history_path())), completer=CommandCompleter(self.state),
-            complete_while_typing=True, bottom_toolbar=lambda: toolbar_text(self.state), style=STYLE,
-            key_bindings=shell_key_bindings(), refresh_interval=5.0, **self.io)
+            history=FileHistory(str(userdirs.history_path())),
+            completer=CommandCompleter(self.state),
+            complete_while_typing=True,
+            bottom_toolbar=lambda: toolbar_text(self.state),
+            style=STYLE,
+            key_bindings=shell_key_bindings(),
+            refresh_interval=5.0,
+            **self.io,
+        )
         self.questions = PromptSession(style=STYLE, **self.io)
 
     # the background state uses its own AWS session, so -v logging and the main work stay apart
@@ -60,8 +68,13 @@ class Shell:
         return answer.strip().lower() in ("y", "yes")
 
     def _ask_text(self, message, default, validator, completer) -> str:
-        return self.questions.prompt(message, default=default, validator=validator, completer=completer,
-                                     validate_while_typing=False)
+        return self.questions.prompt(
+            message,
+            default=default,
+            validator=validator,
+            completer=completer,
+            validate_while_typing=False,
+        )
 
     def create_dialog(self, ctx, args):
         return run_create_dialog(self._ask_text, self.ask, args)
@@ -74,7 +87,9 @@ class Shell:
         try:
             while True:
                 try:
-                    line = self.session.prompt(lambda: prompt_fragments(self.state, bool(self.base.local)))
+                    line = self.session.prompt(
+                        lambda: prompt_fragments(self.state, bool(self.base.local))
+                    )
                 except KeyboardInterrupt:
                     continue
                 except EOFError:

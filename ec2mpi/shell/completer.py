@@ -48,8 +48,11 @@ class CommandCompleter(Completer):
             i += 1
             break
         if command is None and i >= len(words):
-            yield from self._words(word, list(COMMANDS) + [f for a in GLOBAL_ARGS for f in a.flags if f.startswith("--")],
-                                   meta={n: c.help for n, c in COMMANDS.items()})
+            yield from self._words(
+                word,
+                list(COMMANDS) + [f for a in GLOBAL_ARGS for f in a.flags if f.startswith("--")],
+                meta={n: c.help for n, c in COMMANDS.items()},
+            )
             return
         if command is None:
             return
@@ -62,8 +65,11 @@ class CommandCompleter(Completer):
             yield from self._values(flags[rest[-1]], word, document)
             return
         if word.startswith("-"):
-            yield from self._words(word, [f for a in args if not a.positional for f in a.flags if f.startswith("--")],
-                                   meta={f: a.help for a in args for f in a.flags})
+            yield from self._words(
+                word,
+                [f for a in args if not a.positional for f in a.flags if f.startswith("--")],
+                meta={f: a.help for a in args for f in a.flags},
+            )
             return
         # which positional is this? count the positionals already typed
         count, j = 0, 0

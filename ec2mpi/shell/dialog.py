@@ -41,7 +41,9 @@ class _TypeCompleter(Completer):
         word = document.text_before_cursor.rpartition(",")[2]
         for t in sorted(catalog.INSTANCE_TYPES):
             if t.startswith(word):
-                yield Completion(t, start_position=-len(word), display_meta=catalog.describe(t, self.spot))
+                yield Completion(
+                    t, start_position=-len(word), display_meta=catalog.describe(t, self.spot)
+                )
 
 
 def _lifecycle(text: str) -> bool:
@@ -86,19 +88,27 @@ def run_create_dialog(ask, confirm, args):
         spot_default = args.spot if args.spot is not None else defaults.get("spot", True)
         spot = _lifecycle(ask("spot or on-demand: ", "spot" if spot_default else "on-demand",
                               _Check(_lifecycle), WordCompleter(["spot", "on-demand"])))
-        types_default = args.instance_type or defaults.get("instance_types") or DEFAULT_INSTANCE_TYPES
+        types_default = (
+            args.instance_type or defaults.get("instance_types") or DEFAULT_INSTANCE_TYPES
+        )
         if isinstance(types_default, str):
             types_default = parse_instance_types(types_default)
         hint = catalog.describe(types_default[0], spot)
-        types = ask(f"instance types, best first ({types_default[0]}: {hint}): ", ",".join(types_default),
-                    _Check(parse_instance_types), _TypeCompleter(spot)).strip()
+        types = ask(
+            f"instance types, best first ({types_default[0]}: {hint}): ",
+            ",".join(types_default),
+            _Check(parse_instance_types),
+            _TypeCompleter(spot),
+        ).strip()
         storage = ask("storage (efs, s3fs, none): ", args.storage or defaults.get("storage", "efs"),
                       _Check(_storage), WordCompleter(list(STORAGE_KINDS))).strip()
     except (KeyboardInterrupt, EOFError):
         return None
     args.name, args.nodes, args.spot = name, parse_count(nodes), spot
     args.instance_type, args.storage = parse_instance_types(types), storage
-    spec = ClusterSpec(name=name, nodes=args.nodes, instance_types=args.instance_type, spot=spot, storage=storage)
+    spec = ClusterSpec(
+        name=name, nodes=args.nodes, instance_types=args.instance_type, spot=spot, storage=storage
+    )
     try:
         return args if confirm(summary(spec) + "\ncreate it?") else None
     except (KeyboardInterrupt, EOFError):

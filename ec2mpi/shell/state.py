@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from .. import userdirs
 
@@ -19,13 +19,13 @@ class LiveState:
         self._make_manager = make_manager
         self.interval = interval
         self.clusters: list[str] = []
-        self.current: Optional[str] = userdirs.last_cluster()
+        self.current: str | None = userdirs.last_cluster()
         self.status = None                  # ClusterStatus of `current`, or None
-        self.error: Optional[str] = None    # why the last refresh failed, one line
-        self.updated: Optional[float] = None
+        self.error: str | None = None    # why the last refresh failed, one line
+        self.updated: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._manager = None
 
     # the snapshot readers use
@@ -47,7 +47,7 @@ class LiveState:
             status = self._manager.status(current) if current else None
             self.clusters, self.current, self.status = names, current, status
             self.error, self.updated = None, time.time()
-        except BaseException as exc:  # noqa: B902 - a background thread must survive anything
+        except BaseException as exc:  # noqa: BLE001 - a background thread must survive anything
             msg = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}".rstrip(": ")
             self.error = msg.splitlines()[0] if msg else type(exc).__name__
             self.current = userdirs.last_cluster()
@@ -58,7 +58,7 @@ class LiveState:
                 self.refresh()
                 try:
                     on_change()
-                except Exception:
+                except Exception:  # noqa: BLE001, S110
                     pass
                 self._wake.wait(self.interval)
                 self._wake.clear()

@@ -20,10 +20,17 @@ def toolbar_text(state, now: float | None = None) -> str:
         return " loading cluster state... | help: commands | Ctrl-D: leave"
     st = state.status
     if st is None:
-        text = f" {state.error}" if state.error else " no cluster selected: 'create NAME' or 'use NAME'"
+        text = (
+            f" {state.error}"
+            if state.error
+            else " no cluster selected: 'create NAME' or 'use NAME'"
+        )
         return text + " | help: commands | Ctrl-D: leave"
     cost = output.money(st.cost.per_hour) if st.cost else "$?/h"
     age = "" if state.updated is None else f" | {int(now - state.updated)}s ago"
     stale = f" | refresh failed: {state.error}" if state.error else ""
-    return (f" {st.name}: {st.status}, {st.ready}/{len(st.nodes)} ready | {output.lifecycle_mix(st.nodes)}"
-            f" | {cost}{age}{stale}")
+    return (
+        f" {st.name}: {st.status}, {st.ready}/{len(st.nodes)} ready | "
+        f"{output.lifecycle_mix(st.nodes)}"
+        f" | {cost}{age}{stale}"
+    )

@@ -42,7 +42,9 @@ ROLE = "ec2mpi-test-node"
 def imds():
     """The emulator on loopback: every caller is 127.0.0.1, so the test decides who that is."""
     views = {}
-    server = ImdsServer("127.0.0.1", 0, lambda ip: views.get("me") if ip == "127.0.0.1" else None).start()
+    server = ImdsServer(
+        "127.0.0.1", 0, lambda ip: views.get("me") if ip == "127.0.0.1" else None
+    ).start()
     server.views = views
     yield server
     server.stop()
@@ -113,7 +115,9 @@ def wait_for(pred, timeout, step=0.02):
 
 
 def test_imds_emulator_requires_tokens_and_honours_ttl(imds):
-    imds.views["me"] = InstanceView("i-0abc", "127.0.0.1", role=ROLE, tags={"ec2mpi:cluster": "demo"})
+    imds.views["me"] = InstanceView(
+        "i-0abc", "127.0.0.1", role=ROLE, tags={"ec2mpi:cluster": "demo"}
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(imds.url + "latest/meta-data/instance-id", timeout=2)
     assert err.value.code == 401
@@ -122,7 +126,15 @@ def test_imds_emulator_requires_tokens_and_honours_ttl(imds):
     assert client.meta("local-hostname") == "ip-127-0-0-1.ec2.internal"
     assert client.get("meta-data/iam/security-credentials/").strip() == ROLE
     creds = client.json("meta-data/iam/security-credentials/" + ROLE)
-    assert {"Code", "LastUpdated", "Type", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"} <= set(creds)
+    assert {
+        "Code",
+        "LastUpdated",
+        "Type",
+        "AccessKeyId",
+        "SecretAccessKey",
+        "Token",
+        "Expiration",
+    } <= set(creds)
     assert client.get("meta-data/tags/instance/ec2mpi:cluster") == "demo"
     assert client.json("dynamic/instance-identity/document")["instanceId"] == "i-0abc"
     assert client.interruption() is None and client.rebalance() is None
@@ -172,8 +184,9 @@ def _agent_env(imds_url, root):
     return env
 
 
-def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluster_name, imds, banner, tmp_path,
-                                                            monkeypatch):
+def test_boot_installs_keys_registers_and_watch_deregisters(
+    aws, cluster, cluster_name, imds, banner, tmp_path, monkeypatch
+):
     reg, keys = cluster
     reg.set_master(cluster_name, "i-0master")
     imds.views["me"] = InstanceView("i-0master", "127.0.0.1", instance_type="c6i.xlarge", role=ROLE)
@@ -191,8 +204,12 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
 
     node = boot(params, paths, imds=Imds(imds.url), aws=aws, ssh_port=banner, master_timeout=5)
 
-    assert (node.role, node.state, node.private_ip, node.instance_type) == ("master", "ready", "127.0.0.1",
-                                                                            "c6i.xlarge")
+    assert (node.role, node.state, node.private_ip, node.instance_type) == (
+        "master",
+        "ready",
+        "127.0.0.1",
+        "c6i.xlarge",
+    )
     [item] = reg.nodes(cluster_name)
     assert (item.instance_id, item.role, item.state, item.slots, item.lifecycle, item.hostname) == (
         "i-0master", "master", "ready", os.cpu_count(), "spot", "ip-127-0-0-1")
@@ -200,13 +217,20 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     home = paths.home(user)
     ssh = home / ".ssh"
     assert mode(ssh) == 0o700
-    assert (ssh / "id_ed25519").read_bytes() == keys.identity.private_openssh and mode(ssh / "id_ed25519") == 0o600
+    assert (ssh / "id_ed25519").read_bytes() == keys.identity.private_openssh and mode(
+        ssh / "id_ed25519"
+    ) == 0o600
     assert (ssh / "authorized_keys").read_bytes() == keys.identity.public_openssh
     assert mode(ssh / "authorized_keys") == 0o600 and mode(ssh / "config") == 0o600
     config = (ssh / "config").read_text()
-    assert "StrictHostKeyChecking yes" in config and f"UserKnownHostsFile {paths.known_hosts}" in config
+    assert (
+        "StrictHostKeyChecking yes" in config
+        and f"UserKnownHostsFile {paths.known_hosts}" in config
+    )
     assert paths.known_hosts.read_text().startswith("* ssh-ed25519 ")
-    assert paths.host_key.read_bytes() == keys.host.private_openssh and mode(paths.host_key) == 0o600
+    assert (
+        paths.host_key.read_bytes() == keys.host.private_openssh and mode(paths.host_key) == 0o600
+    )
     assert f"HostKey {paths.host_key}" in paths.sshd_config.read_text()
     assert not paths.sshd_dropin.exists()                # EC2MPI_LOCAL: /etc/ssh is not ours
     assert hook_log.read_text().split() == ["efs", "fs-12345678", str(paths.shared(params))]
@@ -219,10 +243,16 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     # instance role through the emulator; it writes the hostfile and deregisters on SIGTERM.
     env = _agent_env(imds.url, paths.root)
     env.update(EC2MPI_WATCH_POLL="0.2", EC2MPI_SSH_PORT=str(banner))
-    proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.agent.main", "--root", str(paths.root), "run"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ec2mpi.agent.main", "--root", str(paths.root), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        assert wait_for(lambda: (paths.run / "boot.status").exists(), 30), proc.stdout.read1().decode()
+        assert wait_for(lambda: (paths.run / "boot.status").exists(), 30), (
+            proc.stdout.read1().decode()
+        )
         assert (paths.run / "boot.status").read_text() == "ready i-0master master 127.0.0.1\n"
         assert wait_for(lambda: (paths.etc / "hostfile").exists(), 30), proc.stdout.read1().decode()
         assert (paths.etc / "hostfile").read_text() == f"127.0.0.1 slots={os.cpu_count()}\n"
@@ -236,9 +266,11 @@ def test_boot_installs_keys_registers_and_watch_deregisters(aws, cluster, cluste
     assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 5   # +2 re-boot, +1 leave
 
 
-def test_boot_waits_for_the_master_then_is_a_worker_aws_style(aws, cluster, cluster_name, imds, banner, tmp_path,
-                                                               monkeypatch):
-    """Not the local cloud: the sshd drop-in is written, sshd is reloaded by SIGHUP, no --bind-to none."""
+def test_boot_waits_for_the_master_then_is_a_worker_aws_style(
+    aws, cluster, cluster_name, imds, banner, tmp_path, monkeypatch
+):
+    """Not the local cloud: the sshd drop-in is written, sshd is reloaded by SIGHUP, no --bind-to
+    none."""
     reg, _ = cluster
     imds.views["me"] = InstanceView("i-0worker", "127.0.0.1", lifecycle="on-demand")
     threading.Timer(1.0, reg.set_master, (cluster_name, "i-0other")).start()
@@ -250,8 +282,14 @@ def test_boot_waits_for_the_master_then_is_a_worker_aws_style(aws, cluster, clus
     paths = AgentPaths(tmp_path / "root")
     user = pwd.getpwuid(os.getuid()).pw_name
     try:
-        node = boot(params_for(cluster_name, user), paths, imds=Imds(imds.url), aws=aws, ssh_port=banner,
-                    master_timeout=10)
+        node = boot(
+            params_for(cluster_name, user),
+            paths,
+            imds=Imds(imds.url),
+            aws=aws,
+            ssh_port=banner,
+            master_timeout=10,
+        )
         assert fake_sshd.wait(5) == -signal.SIGHUP
     finally:
         fake_sshd.kill()
@@ -270,15 +308,18 @@ def _root_reason():
 
 
 @pytest.mark.skipif(bool(_root_reason()), reason=_root_reason() or "n/a")
-def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(aws, cluster, cluster_name, imds, tmp_path,
-                                                                      monkeypatch):
+def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(
+    aws, cluster, cluster_name, imds, tmp_path, monkeypatch
+):
     """End to end on one host: the user logs in over ssh with the cluster key, the host key
     is verified with StrictHostKeyChecking, and the login shell has the MPI environment."""
-    reg, keys = cluster
+    reg, _keys = cluster
     reg.set_master(cluster_name, "i-0master")
     imds.views["me"] = InstanceView("i-0master", "127.0.0.1")
     user = "e2t" + uuid.uuid4().hex[:8]
-    sandbox = tempfile.mkdtemp(prefix="ec2mpi-agent-")   # pytest's tmp is 0700: the user could not enter
+    sandbox = tempfile.mkdtemp(
+        prefix="ec2mpi-agent-"
+    )  # pytest's tmp is 0700: the user could not enter
     os.chmod(sandbox, 0o755)
     paths = AgentPaths(Path(sandbox))
     # sshd as the local cloud runs it: a bootstrap host key, and an Include of the agent's config
@@ -291,29 +332,52 @@ def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(aws, cluste
                          "StrictModes no\nPasswordAuthentication no\n")
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_conf)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "wb"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "wb"))  # noqa: SIM115
     try:
         assert wait_for(lambda: (tmp_path / "sshd.pid").exists(), 10)
         monkeypatch.setenv("EC2MPI_LOCAL", "1")
         monkeypatch.setenv("EC2MPI_SSHD_PIDFILE", str(tmp_path / "sshd.pid"))
-        boot(params_for(cluster_name, user), paths, imds=Imds(imds.url), aws=aws, ssh_port=port, master_timeout=5)
+        boot(
+            params_for(cluster_name, user),
+            paths,
+            imds=Imds(imds.url),
+            aws=aws,
+            ssh_port=port,
+            master_timeout=5,
+        )
         pw = pwd.getpwnam(user)
         assert pw.pw_shell == "/bin/bash" and pw.pw_dir == str(paths.home(user))
         ssh_dir = paths.home(user) / ".ssh"
-        assert os.stat(ssh_dir / "id_ed25519").st_uid == pw.pw_uid and os.stat(ssh_dir).st_uid == pw.pw_uid
+        assert (
+            os.stat(ssh_dir / "id_ed25519").st_uid == pw.pw_uid
+            and os.stat(ssh_dir).st_uid == pw.pw_uid
+        )
         with open("/etc/shadow") as f:
             assert [line.split(":")[1] for line in f if line.startswith(user + ":")] == ["*"]
         time.sleep(0.5)  # sshd re-executes on SIGHUP
-        out = subprocess.run(["ssh", "-F", str(ssh_dir / "config"), "-p", str(port), "-o", "BatchMode=yes",
-                              f"{user}@127.0.0.1", "echo $PRTE_MCA_prte_default_hostfile"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [
+                "ssh",
+                "-F",
+                str(ssh_dir / "config"),
+                "-p",
+                str(port),
+                "-o",
+                "BatchMode=yes",
+                f"{user}@127.0.0.1",
+                "echo $PRTE_MCA_prte_default_hostfile",
+            ], check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr + (tmp_path / "sshd.log").read_text()
         assert out.stdout.strip() == str(paths.etc / "hostfile")
     finally:
         sshd.terminate()
         sshd.wait(10)
-        subprocess.run(["userdel", "-f", user], capture_output=True)
-        subprocess.run(["rm", "-f", f"/var/mail/{user}"])
+        subprocess.run(["userdel", "-f", user], check=False, capture_output=True)
+        subprocess.run(["rm", "-f", f"/var/mail/{user}"], check=False)
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
@@ -348,7 +412,9 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
     reg.put_node(cluster_name, _node(12, state="booting"))
     reg.set_node_state(cluster_name, "i-0012", "ready")
     assert follows("172.31.0.10 slots=4\n172.31.0.11 slots=2\n172.31.0.12 slots=2\n")
-    assert (tmp_path / "etc" / "hostfile.mpich").read_text() == "172.31.0.10:4\n172.31.0.11:2\n172.31.0.12:2\n"
+    assert (
+        tmp_path / "etc" / "hostfile.mpich"
+    ).read_text() == "172.31.0.10:4\n172.31.0.11:2\n172.31.0.12:2\n"
     reg.set_node_state(cluster_name, "i-0011", "draining")
     assert follows("172.31.0.10 slots=4\n172.31.0.12 slots=2\n")
     reg.delete_node(cluster_name, "i-0012")
@@ -365,18 +431,30 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
     assert wait_for(lambda: "172.31.0.13" in hf.read_text(), 30)
     stop.set()
     thread.join(10)
-    assert master.instance_id not in {n.instance_id for n in reg.nodes(cluster_name)}   # deregistered
+    assert master.instance_id not in {
+        n.instance_id for n in reg.nodes(cluster_name)
+    }  # deregistered
 
 
-def test_spot_notice_drains_the_node_and_the_master_drops_it(aws, cluster, cluster_name, imds, tmp_path):
+def test_spot_notice_drains_the_node_and_the_master_drops_it(
+    aws, cluster, cluster_name, imds, tmp_path
+):
     reg, _ = cluster
     for n in (_node(20, "master"), _node(21)):
         reg.put_node(cluster_name, n)
     imds.views["me"] = InstanceView("i-0021", "127.0.0.1")
     nodes = {n.instance_id: n for n in reg.nodes(cluster_name)}
-    master = Watcher(cluster_name, nodes["i-0020"], Registry(aws), [tmp_path], poll=0.2, heartbeat_every=60)
-    worker = Watcher(cluster_name, nodes["i-0021"], Registry(aws), imds=Imds(imds.url), notice_every=0.2,
-                     heartbeat_every=0.2)
+    master = Watcher(
+        cluster_name, nodes["i-0020"], Registry(aws), [tmp_path], poll=0.2, heartbeat_every=60
+    )
+    worker = Watcher(
+        cluster_name,
+        nodes["i-0021"],
+        Registry(aws),
+        imds=Imds(imds.url),
+        notice_every=0.2,
+        heartbeat_every=0.2,
+    )
     stop = threading.Event()
     threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in (master, worker)]
     for t in threads:
@@ -386,10 +464,20 @@ def test_spot_notice_drains_the_node_and_the_master_drops_it(aws, cluster, clust
         assert wait_for(lambda: hf.exists() and hf.read_text().count("\n") == 2, 30)
         before = {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}
         time.sleep(1.1)
-        assert wait_for(lambda: {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}["i-0021"]
-                        > before["i-0021"], 30)
+        assert wait_for(
+            lambda: (
+                {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}["i-0021"]
+                > before["i-0021"]
+            ),
+            30,
+        )
         imds.inject_interruption("i-0021")
-        assert wait_for(lambda: {n.instance_id: n.state for n in reg.nodes(cluster_name)}["i-0021"] == "draining", 30)
+        assert wait_for(
+            lambda: (
+                {n.instance_id: n.state for n in reg.nodes(cluster_name)}["i-0021"] == "draining"
+            ),
+            30,
+        )
         assert wait_for(lambda: hf.read_text() == "172.31.0.20 slots=2\n", 30)
     finally:
         stop.set()

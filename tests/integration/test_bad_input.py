@@ -20,30 +20,52 @@ CIDR = "203.0.113.7/32"
 
 @pytest.fixture(scope="module")
 def aws(controlplane):
-    return AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+    return AwsSession(
+        region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path
+    )
 
 
 @pytest.fixture(scope="module")
 def existing(aws):
     """A one-node cluster (master only) that bad requests must leave untouched."""
     name = "exists-" + os.urandom(3).hex()
-    ClusterManager(aws).create(ClusterSpec(name, nodes=1, ssh_cidr=CIDR, storage="none"), wait=False)
+    ClusterManager(aws).create(
+        ClusterSpec(name, nodes=1, ssh_cidr=CIDR, storage="none"), wait=False
+    )
     yield name
     ClusterManager(aws).destroy(name)
 
 
 def world(aws) -> dict:
     """Everything a create could have made, account-wide."""
-    ec2, iam, ddb, s3 = aws.client("ec2"), aws.client("iam"), aws.client("dynamodb"), aws.client("s3")
+    ec2, iam, ddb, s3 = (
+        aws.client("ec2"),
+        aws.client("iam"),
+        aws.client("dynamodb"),
+        aws.client("s3"),
+    )
     out = {
-        "instances": sorted(i["InstanceId"] for r in ec2.describe_instances(Filters=[
-            {"Name": "instance-state-name", "Values": ["pending", "running"]}])["Reservations"] for i in r["Instances"]),
-        "security_groups": sorted(g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]),
-        "launch_templates": sorted(t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]),
+        "instances": sorted(
+            i["InstanceId"]
+            for r in ec2.describe_instances(
+                Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+            )["Reservations"]
+            for i in r["Instances"]
+        ),
+        "security_groups": sorted(
+            g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]
+        ),
+        "launch_templates": sorted(
+            t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]
+        ),
         "fleets": sorted(f["FleetId"] for f in ec2.describe_fleets()["Fleets"]),
         "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
-        "profiles": sorted(p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]),
-        "efs": sorted(f["FileSystemId"] for f in aws.client("efs").describe_file_systems()["FileSystems"]),
+        "profiles": sorted(
+            p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
+        ),
+        "efs": sorted(
+            f["FileSystemId"] for f in aws.client("efs").describe_file_systems()["FileSystems"]
+        ),
         "tables": sorted(ddb.list_tables()["TableNames"]),
         "buckets": sorted(b["Name"] for b in s3.list_buckets()["Buckets"]),
     }
@@ -56,7 +78,8 @@ def world(aws) -> dict:
 
 
 def refused(aws, *calls, kind=UserError, match=None) -> Ec2mpiError:
-    """Each call fails with a one-line `kind`; together they change nothing. Returns the last error."""
+    """Each call fails with a one-line `kind`; together they change nothing. Returns the last
+    error."""
     before = world(aws)
     for call in calls:
         with pytest.raises(kind, match=match) as err:
@@ -97,20 +120,28 @@ def test_unknown_region(aws, cluster_name):
 
 
 def test_ssh_cidr_is_required_against_aws(aws, cluster_name):
-    real = AwsSession(region="us-east-1")          # no explicit endpoint: we will not guess an address
+    real = AwsSession(region="us-east-1")  # no explicit endpoint: we will not guess an address
     err = refused(aws, lambda: mgr(real).create(ClusterSpec(cluster_name, nodes=1)))
     assert "--ssh-cidr" in str(err)
 
 
 def test_name_taken(aws, existing):
-    refused(aws, lambda: mgr(aws).create(ClusterSpec(existing, nodes=1, ssh_cidr=CIDR, storage="none")),
-            match="already exists")
+    refused(
+        aws,
+        lambda: mgr(aws).create(ClusterSpec(existing, nodes=1, ssh_cidr=CIDR, storage="none")),
+        match="already exists",
+    )
 
 
 def test_missing_cluster(aws, cluster_name):
-    refused(aws, lambda: mgr(aws).add_nodes(cluster_name, 1), lambda: mgr(aws).remove_nodes(cluster_name, 1),
-            lambda: mgr(aws).destroy(cluster_name), lambda: mgr(aws).status(cluster_name),
-            match="no cluster named")
+    refused(
+        aws,
+        lambda: mgr(aws).add_nodes(cluster_name, 1),
+        lambda: mgr(aws).remove_nodes(cluster_name, 1),
+        lambda: mgr(aws).destroy(cluster_name),
+        lambda: mgr(aws).status(cluster_name),
+        match="no cluster named",
+    )
 
 
 def test_remove_more_workers_than_exist(aws, existing):
@@ -121,29 +152,50 @@ def test_remove_more_workers_than_exist(aws, existing):
 
 
 def test_aws_refusal_names_call_and_creates_nothing(aws, cluster_name):
-    err = refused(aws, lambda: mgr(aws).create(ClusterSpec(cluster_name, nodes=1, ssh_cidr=CIDR,
-                                                           subnet_ids=("subnet-00000000",))), kind=CloudError)
+    err = refused(
+        aws,
+        lambda: mgr(aws).create(
+            ClusterSpec(cluster_name, nodes=1, ssh_cidr=CIDR, subnet_ids=("subnet-00000000",))
+        ),
+        kind=CloudError,
+    )
     assert "ec2:DescribeSubnets" in str(err) and "InvalidSubnetID" in str(err)
 
 
 def test_missing_credentials(aws, controlplane, cluster_name):
     """A separate process with every credential source removed."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
-    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    }
+    env.update(
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
     script = textwrap.dedent(f"""
         from ec2mpi.aws.session import AwsSession
         from ec2mpi.cluster import ClusterManager
         from ec2mpi.config import ClusterSpec
         from ec2mpi.errors import Ec2mpiError
-        aws = AwsSession(region="us-east-1", endpoint_url={controlplane.endpoint!r}, ca_bundle={controlplane.ca_path!r})
+        aws = AwsSession(region="us-east-1", endpoint_url={controlplane.endpoint!r},
+                         ca_bundle={controlplane.ca_path!r})
         try:
             ClusterManager(aws).create(ClusterSpec({cluster_name!r}, nodes=1, ssh_cidr="{CIDR}"))
         except Ec2mpiError as err:
             print(err.exit_status, err)
     """)
     before = world(aws)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("2 no AWS credentials found"), out.stdout

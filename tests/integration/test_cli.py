@@ -46,18 +46,34 @@ def run_binary(*argv, stdin=subprocess.DEVNULL, timeout=120):
     """The real console script, with the test environment (moto endpoint, dummy credentials)."""
     exe = Path(sys.executable).with_name("ec2mpi")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ec2mpi.cli"]
-    return subprocess.run(cmd + list(argv), stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd + list(argv), check=False, stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sample_status(states=("ready", "ready", "booting")):
     spec = ClusterSpec("demo", nodes=len(states), instance_types="c6i.large", storage="efs")
     nodes = []
     for i, state in enumerate(states):
-        nodes.append(NodeStatus(instance_id=f"i-{i:017x}", role="master" if i == 0 else "worker",
-                                instance_type="c6i.large", lifecycle="spot" if i else "on-demand",
-                                private_ip=f"172.31.0.{10 + i}", public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
-                                state=state, slots=2, hostname=f"ip-172-31-0-{10 + i}", heartbeat_age=3.2))
-    cost = CostEstimate(per_hour=0.119, lines=[PriceLine("c6i.large", "spot", 3, 0.0397)], source="spot price history")
+        nodes.append(
+            NodeStatus(
+                instance_id=f"i-{i:017x}",
+                role="master" if i == 0 else "worker",
+                instance_type="c6i.large",
+                lifecycle="spot" if i else "on-demand",
+                private_ip=f"172.31.0.{10 + i}",
+                public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
+                state=state,
+                slots=2,
+                hostname=f"ip-172-31-0-{10 + i}",
+                heartbeat_age=3.2,
+            )
+        )
+    cost = CostEstimate(
+        per_hour=0.119,
+        lines=[PriceLine("c6i.large", "spot", 3, 0.0397)],
+        source="spot price history",
+    )
     return ClusterStatus(name="demo", status="ready", spec=spec, epoch=7, nodes=nodes, cost=cost)
 
 
@@ -96,7 +112,9 @@ def test_lifecycle_in_scripted_form(controlplane, cluster_name, capsys, tmp_path
     added = json.loads(out)["added"]
     assert len(added) == 2
 
-    status, out, err = run_cli(capsys, "--json", "--yes", "remove-nodes", "--node", added[0], "-c", name)
+    status, out, err = run_cli(
+        capsys, "--json", "--yes", "remove-nodes", "--node", added[0], "-c", name
+    )
     assert status == 0, err
     assert json.loads(out)["removed"] == [added[0]]
     status, out, err = run_cli(capsys, "--json", "--yes", "remove-nodes", "1", "-c", name)
@@ -113,7 +131,9 @@ def test_lifecycle_in_scripted_form(controlplane, cluster_name, capsys, tmp_path
     assert status == 0, err
     assert json.loads(out)["node"] == "master"
 
-    status, out, err = run_cli(capsys, "ssh", "-c", name, "--", "hostname")  # master not ready: no dialling
+    status, out, err = run_cli(
+        capsys, "ssh", "-c", name, "--", "hostname"
+    )  # master not ready: no dialling
     assert status == 1 and "not ready" in err
 
     status, out, err = run_cli(capsys, "--json", "--yes", "destroy", name)
@@ -123,27 +143,41 @@ def test_lifecycle_in_scripted_form(controlplane, cluster_name, capsys, tmp_path
 
 
 def test_unknown_cluster_is_bad_input(controlplane, capsys):
-    status, out, err = run_cli(capsys, "status", "-c", "nosuchcluster")
+    status, _out, err = run_cli(capsys, "status", "-c", "nosuchcluster")
     assert status == 2 and err.count("\n") == 1
 
 
 def test_aws_refusal_exits_1_with_one_line(controlplane, cluster_name, capsys):
     # EC2 refuses an IPv6 range in an IPv4 ingress rule (moto, like AWS): a refusal mid-create
-    status, out, err = run_cli(capsys, "create", cluster_name, "--storage", "none",
+    status, _out, err = run_cli(capsys, "create", cluster_name, "--storage", "none",
                                "--ssh-cidr", "2001:db8::/32", "--no-wait")
     try:
         last = err.strip().splitlines()[-1]  # before it: the progress lines
-        assert status == 1 and last.startswith("ec2mpi: error: AWS refused") and "Traceback" not in err
+        assert (
+            status == 1 and last.startswith("ec2mpi: error: AWS refused") and "Traceback" not in err
+        )
     finally:
         run_cli(capsys, "--yes", "destroy", cluster_name)
 
 
 def test_binary_in_a_subprocess(controlplane, cluster_name, tmp_path):
     """The real console script: --json on stdout only, messages and -v calls on stderr."""
-    proc = run_binary("--json", "-v", "create", cluster_name, "--storage", "none", "--ssh-cidr", "127.0.0.1/32",
-                      "--no-wait")
+    proc = run_binary(
+        "--json",
+        "-v",
+        "create",
+        cluster_name,
+        "--storage",
+        "none",
+        "--ssh-cidr",
+        "127.0.0.1/32",
+        "--no-wait",
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["name"] == cluster_name and "aws: ec2:DescribeInstances" in proc.stderr
+    assert (
+        json.loads(proc.stdout)["name"] == cluster_name
+        and "aws: ec2:DescribeInstances" in proc.stderr
+    )
     proc = run_binary("--json", "list")
     assert proc.returncode == 0 and cluster_name in proc.stdout
     proc = run_binary("destroy", cluster_name)  # no terminal, no --yes
@@ -152,23 +186,44 @@ def test_binary_in_a_subprocess(controlplane, cluster_name, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_ctrl_c_during_a_wait_stops_waiting_and_leaves_a_consistent_cluster(controlplane, cluster_name):
+def test_ctrl_c_during_a_wait_stops_waiting_and_leaves_a_consistent_cluster(
+    controlplane, cluster_name
+):
     """On moto nodes never become ready, so create waits until we interrupt it."""
     import signal
     exe = Path(sys.executable).with_name("ec2mpi")
-    proc = subprocess.Popen([str(exe), "create", cluster_name, "--storage", "none", "--ssh-cidr", "127.0.0.1/32",
-                             "--timeout", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "create",
+            cluster_name,
+            "--storage",
+            "none",
+            "--ssh-cidr",
+            "127.0.0.1/32",
+            "--timeout",
+            "300",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stderr.readline()          # the progress bar has started
         assert cluster_name in first
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and "stopped waiting" in err and "status" in err and "Traceback" not in err
+    assert (
+        proc.returncode == 130
+        and "stopped waiting" in err
+        and "status" in err
+        and "Traceback" not in err
+    )
     st = run_binary("--json", "status", "-c", cluster_name)
     assert st.returncode == 0 and json.loads(st.stdout)["name"] == cluster_name
     assert run_binary("--yes", "destroy", cluster_name).returncode == 0
@@ -189,7 +244,7 @@ def test_remote_commands_on_the_local_cloud(capsys, cluster_name, tmp_path):
                              "-t", "c6i.large", "--timeout", "600")
     assert status == 0, err
     try:
-        status, out, err = run_cli(capsys, "--local", "ssh", "-c", name, "--", "hostname; exit 3")
+        status, _out, err = run_cli(capsys, "--local", "ssh", "-c", name, "--", "hostname; exit 3")
         assert status == 3, err
         assert ok("ssh", "node-1", "--", "echo", "hi") == "hi\n"
         src = tmp_path / "in.txt"
@@ -201,8 +256,12 @@ def test_remote_commands_on_the_local_cloud(capsys, cluster_name, tmp_path):
         assert ok("ssh", "node-1", "--", "cat", "/shared/in.txt") == "payload\n"  # shared storage
         assert len(ok("parallel-hosts").splitlines()) == 2
         config = json.loads(ok("--json", "ssh-config"))["config"]
-        proc = subprocess.run(["ssh", "-F", config, "-o", "BatchMode=yes", f"{name}-node-1", "true"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["ssh", "-F", config, "-o", "BatchMode=yes", f"{name}-node-1", "true"], check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         ok("logs", "node-1")
     finally:

@@ -25,7 +25,9 @@ _CFG = Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_s
 
 
 def _s3(endpoint, verify=None):
-    return boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint, verify=verify, config=_CFG)
+    return boto3.client(
+        "s3", region_name="us-east-1", endpoint_url=endpoint, verify=verify, config=_CFG
+    )
 
 
 def _tls_only_policy(bucket):
@@ -37,7 +39,9 @@ def _tls_only_policy(bucket):
 
 def _denied(exc_info):
     err = exc_info.value.response
-    return err["Error"]["Code"] == "AccessDenied" and err["ResponseMetadata"]["HTTPStatusCode"] == 403
+    return (
+        err["Error"]["Code"] == "AccessDenied" and err["ResponseMetadata"]["HTTPStatusCode"] == 403
+    )
 
 
 @pytest.fixture
@@ -78,13 +82,19 @@ def test_tls_only_policy_allows_https(controlplane, hardened_bucket):
     assert s3.list_objects_v2(Bucket=b)["KeyCount"] == 0
     # the hardening is still readable over TLS
     assert json.loads(s3.get_bucket_policy(Bucket=b)["Policy"])["Statement"][0]["Effect"] == "Deny"
-    assert s3.get_public_access_block(Bucket=b)["PublicAccessBlockConfiguration"]["BlockPublicPolicy"]
+    assert s3.get_public_access_block(Bucket=b)["PublicAccessBlockConfiguration"][
+        "BlockPublicPolicy"
+    ]
     rules = s3.get_bucket_encryption(Bucket=b)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
 
 
 def test_tls_only_policy_denies_plain_http(controlplane, hardened_bucket):
-    tls, plain, b = _s3(controlplane.endpoint, controlplane.ca_path), _s3(controlplane.http_endpoint), hardened_bucket
+    tls, plain, b = (
+        _s3(controlplane.endpoint, controlplane.ca_path),
+        _s3(controlplane.http_endpoint),
+        hardened_bucket,
+    )
     tls.put_object(Bucket=b, Key="clusters/x/id_ed25519", Body=b"secret")
 
     with pytest.raises(ClientError) as e:
@@ -110,7 +120,9 @@ def test_tls_only_policy_denies_plain_http(controlplane, hardened_bucket):
     assert _denied(e)
     res = plain.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "clusters/x/id_ed25519"}]})
     assert not res.get("Deleted")
-    assert [(x["Key"], x["Code"]) for x in res["Errors"]] == [("clusters/x/id_ed25519", "AccessDenied")]
+    assert [(x["Key"], x["Code"]) for x in res["Errors"]] == [
+        ("clusters/x/id_ed25519", "AccessDenied")
+    ]
     with pytest.raises(ClientError) as e:  # bucket-level calls too: the policy says s3:*
         plain.get_bucket_policy(Bucket=b)
     assert _denied(e)
@@ -120,7 +132,9 @@ def test_tls_only_policy_denies_plain_http(controlplane, hardened_bucket):
 
     # nothing above changed anything: the object is intact, nothing new, policy in place
     assert tls.get_object(Bucket=b, Key="clusters/x/id_ed25519")["Body"].read() == b"secret"
-    assert [o["Key"] for o in tls.list_objects_v2(Bucket=b)["Contents"]] == ["clusters/x/id_ed25519"]
+    assert [o["Key"] for o in tls.list_objects_v2(Bucket=b)["Contents"]] == [
+        "clusters/x/id_ed25519"
+    ]
     assert "SecureTransport" in tls.get_bucket_policy(Bucket=b)["Policy"]
 
 
@@ -151,8 +165,8 @@ def test_allow_statement_with_unmet_condition_does_not_deny(controlplane):
 def test_server_certificate_verifies_only_with_the_ca(controlplane):
     host, port = controlplane.endpoint.split("://")[1].rsplit(":", 1)
     good = ssl.create_default_context(cafile=controlplane.ca_path)
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with good.wrap_socket(raw, server_hostname=host) as tls:
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            good.wrap_socket(raw, server_hostname=host) as tls:
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
     with urllib.request.urlopen(controlplane.endpoint + "/moto-api/", context=good, timeout=10):
         pass
@@ -161,8 +175,9 @@ def test_server_certificate_verifies_only_with_the_ca(controlplane):
             good.wrap_socket(raw, server_hostname=name).close()
 
     with pytest.raises(urllib.error.URLError) as e:  # system trust store only: refused
-        urllib.request.urlopen(controlplane.endpoint + "/moto-api/", context=ssl.create_default_context(),
-                               timeout=10)
+        urllib.request.urlopen(
+            controlplane.endpoint + "/moto-api/", context=ssl.create_default_context(), timeout=10
+        )
     assert isinstance(e.value.reason, ssl.SSLCertVerificationError)
     with pytest.raises(SSLError):
         boto3.client("s3", region_name="us-east-1", endpoint_url=controlplane.endpoint, verify=True,
@@ -247,5 +262,7 @@ def test_dynamodb_conditional_adds_are_atomic(controlplane):
     for t in threads:
         t.join(60)
     assert not errors and len(ok) == 40, errors[:3]
-    epoch = ddb.get_item(TableName=table, Key={"pk": {"S": "c"}}, ConsistentRead=True)["Item"]["epoch"]["N"]
+    epoch = ddb.get_item(TableName=table, Key={"pk": {"S": "c"}}, ConsistentRead=True)["Item"][
+        "epoch"
+    ]["N"]
     assert int(epoch) == 40, f"lost updates ({time.monotonic() - t0:.1f}s)"

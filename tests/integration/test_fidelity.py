@@ -8,8 +8,16 @@ def test_transact_write_items_is_idempotent_per_client_request_token(aws):
     reg.ensure_table()
     name = "f" + uuid.uuid4().hex[:8]
     reg.create_cluster(name, "{}")
-    bump = [{"Update": {"TableName": reg.table, "Key": {"cluster": {"S": name}, "item": {"S": "cluster"}},
-                        "UpdateExpression": "ADD epoch :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}]
+    bump = [
+        {
+            "Update": {
+                "TableName": reg.table,
+                "Key": {"cluster": {"S": name}, "item": {"S": "cluster"}},
+                "UpdateExpression": "ADD epoch :one",
+                "ExpressionAttributeValues": {":one": {"N": "1"}},
+            }
+        }
+    ]
     token = uuid.uuid4().hex
     for _ in range(3):  # a retried request: applied once, as on DynamoDB
         reg.ddb.transact_write_items(TransactItems=bump, ClientRequestToken=token)
@@ -20,19 +28,35 @@ def test_transact_write_items_is_idempotent_per_client_request_token(aws):
 def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
     iam, ec2 = aws.client("iam"), aws.client("ec2")
     name = "f" + uuid.uuid4().hex[:8]
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}')
+    iam.create_role(
+        RoleName=name, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}'
+    )
     arn = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
         "ImageId": "ami-12c6146b", "IamInstanceProfile": {"Arn": arn}})
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
     for capacity in ("spot", "on-demand"):
-        fleet = ec2.create_fleet(Type="instant", LaunchTemplateConfigs=[{
-            "LaunchTemplateSpecification": {"LaunchTemplateName": name, "Version": "$Latest"},
-            "Overrides": [{"InstanceType": "c6i.large", "SubnetId": subnet}]}],
-            TargetCapacitySpecification={"TotalTargetCapacity": 2, "DefaultTargetCapacityType": capacity})
+        fleet = ec2.create_fleet(
+            Type="instant",
+            LaunchTemplateConfigs=[
+                {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateName": name,
+                        "Version": "$Latest",
+                    },
+                    "Overrides": [{"InstanceType": "c6i.large", "SubnetId": subnet}],
+                }
+            ],
+            TargetCapacitySpecification={
+                "TotalTargetCapacity": 2,
+                "DefaultTargetCapacityType": capacity,
+            },
+        )
         ids = [i for group in fleet["Instances"] for i in group["InstanceIds"]]
         described = ec2.describe_instances(InstanceIds=ids)["Reservations"]
-        profiles = [i.get("IamInstanceProfile", {}).get("Arn") for r in described for i in r["Instances"]]
+        profiles = [
+            i.get("IamInstanceProfile", {}).get("Arn") for r in described for i in r["Instances"]
+        ]
         assert profiles == [arn, arn], capacity
         ec2.terminate_instances(InstanceIds=ids)

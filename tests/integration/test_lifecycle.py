@@ -26,9 +26,13 @@ CIDR = "203.0.113.7/32"
 
 @pytest.fixture(scope="module")
 def aws(controlplane):
-    """One AwsSession for the module: loading botocore's service models per test is the slow part."""
+    """One AwsSession for the module: loading botocore's service models per test is the slow
+    part."""
     from ec2mpi.aws.session import AwsSession
-    return AwsSession(region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path)
+
+    return AwsSession(
+        region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path
+    )
 
 
 def manager(aws, progress=None):
@@ -65,8 +69,18 @@ def play_agents(aws, name, ids, ready=True):
     master = reg.get_cluster(name).get("master")
     for iid in ids:
         inst = by_id[iid]
-        reg.put_node(name, Node(iid, "master" if iid == master else "worker", inst.private_ip,
-                                "ip-" + inst.private_ip.replace(".", "-"), 2, inst.lifecycle, inst.instance_type))
+        reg.put_node(
+            name,
+            Node(
+                iid,
+                "master" if iid == master else "worker",
+                inst.private_ip,
+                "ip-" + inst.private_ip.replace(".", "-"),
+                2,
+                inst.lifecycle,
+                inst.instance_type,
+            ),
+        )
         if ready:
             reg.set_node_state(name, iid, "ready")
 
@@ -82,9 +96,18 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
 
     s = state(aws, name)
     assert len(s["instances"]) == 3
-    assert s["cluster_item"]["status"] == "ready" and s["cluster_item"]["master"] == s["instances"][0]
-    assert s["s3"] == sorted(["id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
-                              "ec2mpi-0.1.0-py3-none-any.whl"])
+    assert (
+        s["cluster_item"]["status"] == "ready" and s["cluster_item"]["master"] == s["instances"][0]
+    )
+    assert s["s3"] == sorted(
+        [
+            "id_ed25519",
+            "id_ed25519.pub",
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+            "ec2mpi-0.1.0-py3-none-any.whl",
+        ]
+    )
     assert s["iam"] == {"role": True, "instance_profile": True}
     assert s["efs"] and s["mount_targets"] == len(Network(aws, name).subnets())
     assert s["sg"] and s["lt"] and s["node_items"] == []
@@ -108,15 +131,24 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     # master's real watcher meanwhile, as the master node would.
     from ec2mpi.agent.watch import Watcher
     stop, hostfiles = threading.Event(), tmp_path / "master-etc"
-    watcher = Watcher(name, master_node(aws, name), Registry(aws), [hostfiles], poll=0.1, heartbeat_every=600,
-                      deregister=False)
+    watcher = Watcher(
+        name,
+        master_node(aws, name),
+        Registry(aws),
+        [hostfiles],
+        poll=0.1,
+        heartbeat_every=600,
+        deregister=False,
+    )
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="ec2mpi.cluster"):
         removed = mgr.remove_nodes(name, 1)
     stop.set()
     thread.join(10)
-    assert "removing anyway" not in caplog.text      # the master dropped it; no need to wait out the bound
+    assert (
+        "removing anyway" not in caplog.text
+    )  # the master dropped it; no need to wait out the bound
     assert len((hostfiles / "hostfile").read_text().splitlines()) == 4
     assert removed == [added[-1]]
     assert sorted(live_ids(aws, name)) == sorted(s["instances"] + added[:1])
@@ -128,13 +160,20 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     report = mgr.destroy(name)
     assert report.leftovers == []
     s = state(aws, name)
-    assert s["instances"] == [] and s["s3"] == [] and s["cluster_item"] is None and s["node_items"] == []
+    assert (
+        s["instances"] == []
+        and s["s3"] == []
+        and s["cluster_item"] is None
+        and s["node_items"] == []
+    )
     assert s["iam"] == {"role": False, "instance_profile": False}
     assert s["efs"] is None and s["sg"] is None and s["lt"] is None
     assert mgr.leftovers(name) == []
 
 
-def test_wait_until_agents_report_ready_and_the_master_hostfile_lists_them(aws, cluster_name, tmp_path):
+def test_wait_until_agents_report_ready_and_the_master_hostfile_lists_them(
+    aws, cluster_name, tmp_path
+):
     from ec2mpi.agent.watch import Watcher
     seen = []
     mgr = manager(aws, progress=lambda d, t, m: seen.append((d, t, m)))
@@ -157,13 +196,17 @@ def test_wait_until_agents_report_ready_and_the_master_hostfile_lists_them(aws, 
 
     t = threading.Thread(target=agents, daemon=True)
     t.start()
-    st = mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=True, timeout=20)
+    st = mgr.create(
+        ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=True, timeout=20
+    )
     returned = time.monotonic()
     t.join()
     assert st.ready == 2 and st.master is not None
     assert (2, 2, "2/2 nodes ready") in seen
     assert (2, 2, "waiting for the master's hostfile") in seen
-    assert hostfile_written and returned >= hostfile_written[0]   # mpirun right after create sees both
+    assert (
+        hostfile_written and returned >= hostfile_written[0]
+    )  # mpirun right after create sees both
     assert len((tmp_path / "hostfile").read_text().splitlines()) == 2
     mgr.destroy(cluster_name)
 
@@ -172,7 +215,7 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
     mgr = manager(aws)
     mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
     ids = live_ids(aws, cluster_name)
-    assert Registry(aws).get_cluster(cluster_name)["master"] == ids[0]     # launch order, oldest first
+    assert Registry(aws).get_cluster(cluster_name)["master"] == ids[0]  # launch order, oldest first
     play_agents(aws, cluster_name, ids[:1])
     with pytest.raises(WaitTimeout) as err:
         mgr.wait_ready(cluster_name, ids, timeout=0.5)
@@ -184,10 +227,17 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
     new = [i for i in live_ids(aws, cluster_name) if i not in ids]
     assert len(new) == 1 and new[0] in str(err.value)
     # status joins the registry with EC2: unregistered -> pending, instance gone -> lost
-    Registry(aws).put_node(cluster_name, Node("i-0000000000000dead", "worker", "172.31.9.9", "gone", 2))
+    Registry(aws).put_node(
+        cluster_name, Node("i-0000000000000dead", "worker", "172.31.9.9", "gone", 2)
+    )
     st = mgr.status(cluster_name)
     states = {n.instance_id: n.state for n in st.nodes}
-    assert states == {ids[0]: "ready", ids[1]: "pending", new[0]: "pending", "i-0000000000000dead": "lost"}
+    assert states == {
+        ids[0]: "ready",
+        ids[1]: "pending",
+        new[0]: "pending",
+        "i-0000000000000dead": "lost",
+    }
     assert st.nodes[0].instance_id == ids[0] and st.nodes[0].heartbeat_age is not None
     assert isinstance(mgr.console_output(cluster_name, ids[0]), str)
     with pytest.raises(UserError, match="not a node"):
@@ -217,7 +267,9 @@ def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at
     st = manager(aws).create(spec, wait=False)          # resume
     after = live_ids(aws, cluster_name)
     assert len(after) == 3 and set(before) <= set(after)
-    assert {i.tags[TAG_LAUNCH] for i in Instances(aws, cluster_name).instances()} == {item["launch_token"]}
+    assert {i.tags[TAG_LAUNCH] for i in Instances(aws, cluster_name).instances()} == {
+        item["launch_token"]
+    }
     assert Registry(aws).get_cluster(cluster_name)["status"] == "ready" and len(st.nodes) == 3
     assert len(Network(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
     with pytest.raises(UserError, match="already exists"):
@@ -249,7 +301,9 @@ def test_destroy_sweeps_a_half_created_cluster_without_registry_item(aws, cluste
             raise Crash(message)
 
     with pytest.raises(Crash):
-        manager(aws, progress=crash).create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR), wait=False)
+        manager(aws, progress=crash).create(
+            ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR), wait=False
+        )
     Registry(aws).delete_cluster(cluster_name)            # as if the registry write was lost
     assert len(live_ids(aws, cluster_name)) == 2
     report = manager(aws).destroy(cluster_name)
@@ -259,7 +313,8 @@ def test_destroy_sweeps_a_half_created_cluster_without_registry_item(aws, cluste
 
 @pytest.fixture(scope="module")
 def built(aws):
-    """One s3fs cluster to read its hardening back from (module-scoped: creation is the slow part)."""
+    """One s3fs cluster to read its hardening back from (module-scoped: creation is the slow
+    part)."""
     name = "hard" + str(int(time.time() * 1000))[-8:]
     manager(aws).create(ClusterSpec(name, nodes=2, ssh_cidr=CIDR, storage="s3fs"), wait=False)
     yield aws, name
@@ -272,7 +327,10 @@ def test_bucket_is_hardened(built, controlplane):
     h = ks.hardening()
     assert h["public_access_block"] == {"BlockPublicAcls": True, "IgnorePublicAcls": True,
                                         "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
-    assert h["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert h["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] in (
+        "AES256",
+        "aws:kms",
+    )
     (stmt,) = h["policy"]["Statement"]
     assert stmt["Effect"] == "Deny" and stmt["Action"] == "s3:*" and stmt["Principal"] == "*"
     assert stmt["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -333,19 +391,34 @@ def test_role_policy_is_least_privilege(built):
             assert all(a.startswith("ec2:Describe") for a in actions)
         for a in actions:
             if a.startswith("s3:") and a != "s3:ListBucket":
-                assert all(r.startswith(f"arn:aws:s3:::{bucket}/clusters/{name}/") for r in stmt["Resource"])
+                assert all(
+                    r.startswith(f"arn:aws:s3:::{bucket}/clusters/{name}/")
+                    for r in stmt["Resource"]
+                )
             if a in ("s3:PutObject", "s3:DeleteObject"):
                 assert stmt["Resource"] == [f"arn:aws:s3:::{bucket}/clusters/{name}/shared/*"]
-            if a in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"):
-                assert stmt["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [name]}}
+            if a in (
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:Query",
+            ):
+                assert stmt["Condition"] == {
+                    "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [name]}
+                }
     listing = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
-    assert listing and listing[0]["Condition"]["StringLike"]["s3:prefix"][0] == f"clusters/{name}/shared/"
+    assert (
+        listing
+        and listing[0]["Condition"]["StringLike"]["s3:prefix"][0] == f"clusters/{name}/shared/"
+    )
 
 
 def test_placement_group_warns_and_on_demand_launches(aws, cluster_name, caplog):
     seen = []
     mgr = manager(aws, progress=lambda d, t, m: seen.append(m))
-    spec = ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none", placement_group=True, spot=False)
+    spec = ClusterSpec(
+        cluster_name, nodes=2, ssh_cidr=CIDR, storage="none", placement_group=True, spot=False
+    )
     with caplog.at_level(logging.WARNING):
         st = mgr.create(spec, wait=False)
     assert PLACEMENT_UNSUPPORTED in caplog.text and PLACEMENT_UNSUPPORTED in seen
@@ -386,7 +459,9 @@ def test_a_removal_prices_exactly_the_nodes_it_removes_lost_ones_first(aws, clus
     assert one_ready > 0
     assert plan.per_hour == pytest.approx(one_ready)   # the lost node bills nothing
     assert mgr.remove(plan) == list(plan.instance_ids)
-    assert sorted(n.instance_id for n in Registry(aws).nodes(cluster_name)) == sorted([ids[0], ids[2]])
+    assert sorted(n.instance_id for n in Registry(aws).nodes(cluster_name)) == sorted(
+        [ids[0], ids[2]]
+    )
     with pytest.raises(UserError, match="master cannot be removed"):
         mgr.plan_removal(cluster_name, instance_ids=[ids[0]])
     assert mgr.destroy(cluster_name).leftovers == []

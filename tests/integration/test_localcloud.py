@@ -20,10 +20,17 @@ STATE = ""  # the local cloud's state dir, set by local_env
 
 def cli(*args, check=True, timeout=300, env=None):
     """Run `ec2mpi --local ARGS` as a user would; returns the CompletedProcess."""
-    res = subprocess.run(["ec2mpi", "--local", *args], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+    res = subprocess.run(
+        ["ec2mpi", "--local", *args], check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and res.returncode != 0:
-        raise AssertionError(f"ec2mpi --local {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        raise AssertionError(
+            f"ec2mpi --local {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        )
     return res
 
 
@@ -38,7 +45,9 @@ def on_node(cluster, node, command, check=True):
 
 def hostfile_hosts(cluster):
     text = on_node(cluster, "master", "cat /etc/ec2mpi/hostfile").stdout
-    return [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def wait_for(predicate, timeout, interval=0.5, what="condition"):
@@ -82,7 +91,9 @@ def demo():
 
 
 def test_mpirun_runs_ranks_on_distinct_hostnames(demo):
-    out = cli("ssh", "-c", demo, "--", "mpirun", "-np", "6", "python", "-m", "mpi4py.bench", "helloworld").stdout
+    out = cli(
+        "ssh", "-c", demo, "--", "mpirun", "-np", "6", "python", "-m", "mpi4py.bench", "helloworld"
+    ).stdout
     lines = [l for l in out.splitlines() if l.startswith("Hello, World!")]
     assert len(lines) == 6
     hosts = {l.rsplit(" on ", 1)[1].rstrip(".") for l in lines}
@@ -91,7 +102,9 @@ def test_mpirun_runs_ranks_on_distinct_hostnames(demo):
 
 def test_allreduce_over_all_ranks_through_plain_mpirun(demo):
     cli("put", "-c", demo, str(EXAMPLES / "mpi_allreduce.py"), "mpi_allreduce.py")
-    out = cli("ssh", "-c", demo, "--", "mpirun", "-np", "6", "python", "/shared/mpi_allreduce.py").stdout
+    out = cli(
+        "ssh", "-c", demo, "--", "mpirun", "-np", "6", "python", "/shared/mpi_allreduce.py"
+    ).stdout
     assert "allreduce(sum of 1..6) = 21 (expected 21): OK" in out
     assert "6 ranks on 3 hosts" in out
 
@@ -100,12 +113,13 @@ def test_shared_storage_efs_written_on_worker_read_on_master(demo):
     workers = [n for n in nodes_of(demo) if n["role"] == "worker"]
     on_node(demo, workers[0]["instance_id"], "echo written-on-$(hostname) > /shared/efs-probe.txt")
     out = on_node(demo, "master", "cat /shared/efs-probe.txt").stdout
-    assert out.strip() == f"written-on-{workers[0]['hostname'] or 'ip-' + workers[0]['private_ip'].replace('.', '-')}"
+    writer = workers[0]["hostname"] or "ip-" + workers[0]["private_ip"].replace(".", "-")
+    assert out.strip() == f"written-on-{writer}"
 
 
 def test_add_then_remove_nodes_follows_in_the_master_hostfile(demo):
     cli("add-nodes", "2", "-c", demo, "--yes", timeout=300)
-    assert len(hostfile_hosts(demo)) == 5      # add-nodes returns once the master's hostfile lists them
+    assert len(hostfile_hosts(demo)) == 5  # add-nodes returns once the master's hostfile lists them
     cli("remove-nodes", "1", "-c", demo, "--yes")
     hosts = hostfile_hosts(demo)               # ... and remove-nodes once it dropped the node
     assert len(hosts) == 4
@@ -116,9 +130,15 @@ def test_add_then_remove_nodes_follows_in_the_master_hostfile(demo):
 def test_spot_interruption_drains_node_before_it_disappears(demo):
     victim = next(n for n in nodes_of(demo) if n["role"] == "worker" and n["state"] == "ready")
     cli("local", "interrupt", victim["instance_id"])
-    wait_for(lambda: victim["private_ip"] not in hostfile_hosts(demo), 30, what="the drained node to leave the hostfile")
+    wait_for(
+        lambda: victim["private_ip"] not in hostfile_hosts(demo),
+        30,
+        what="the drained node to leave the hostfile",
+    )
     # the instance is still there when the hostfile already dropped it
-    assert victim["instance_id"] in cli_json("local", "status")["nodes"], "node vanished before it was drained"
+    assert victim["instance_id"] in cli_json("local", "status")["nodes"], (
+        "node vanished before it was drained"
+    )
     wait_for(lambda: victim["instance_id"] not in cli_json("local", "status")["nodes"], 60,
              what="the interrupted node to be terminated")
 
@@ -126,8 +146,18 @@ def test_spot_interruption_drains_node_before_it_disappears(demo):
 def test_killed_node_is_reported_lost(demo):
     victim = next(n for n in nodes_of(demo) if n["role"] == "worker" and n["state"] == "ready")
     cli("local", "kill", victim["instance_id"])
-    state = wait_for(lambda: next((n["state"] for n in nodes_of(demo) if n["instance_id"] == victim["instance_id"]
-                                   and n["state"] == "lost"), None), 20, what="the killed node reported lost")
+    state = wait_for(
+        lambda: next(
+            (
+                n["state"]
+                for n in nodes_of(demo)
+                if n["instance_id"] == victim["instance_id"] and n["state"] == "lost"
+            ),
+            None,
+        ),
+        20,
+        what="the killed node reported lost",
+    )
     assert state == "lost"
 
 
@@ -136,8 +166,13 @@ def test_s3fs_shared_storage_is_real_s3fs_against_the_control_plane():
     try:
         workers = [n for n in nodes_of("e2e-s3") if n["role"] == "worker"]
         on_node("e2e-s3", workers[0]["instance_id"], "echo via-s3fs > /shared/s3-probe.txt && sync")
-        out = wait_for(lambda: on_node("e2e-s3", "master", "cat /shared/s3-probe.txt", check=False).stdout.strip(),
-                       15, what="the file to appear on the master through s3fs")
+        out = wait_for(
+            lambda: on_node(
+                "e2e-s3", "master", "cat /shared/s3-probe.txt", check=False
+            ).stdout.strip(),
+            15,
+            what="the file to appear on the master through s3fs",
+        )
         assert out == "via-s3fs"
         mounts = on_node("e2e-s3", "master", "grep ' /shared ' /proc/mounts").stdout
         assert "fuse.s3fs" in mounts
@@ -148,17 +183,24 @@ def test_s3fs_shared_storage_is_real_s3fs_against_the_control_plane():
 def test_destroy_leaves_nothing_behind(demo):
     ids = [n["instance_id"] for n in nodes_of(demo)]
     cli("destroy", demo, "--yes", timeout=300)
-    leftover_ns = wait_for(lambda: not (set(ids) & set(cli_json("local", "status")["nodes"])) or None, 30,
-                           what="the nodes' namespaces to go")
+    leftover_ns = wait_for(
+        lambda: not (set(ids) & set(cli_json("local", "status")["nodes"])) or None,
+        30,
+        what="the nodes' namespaces to go",
+    )
     assert leftover_ns
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    netns = subprocess.run(
+        ["ip", "netns", "list"], check=False, capture_output=True, text=True
+    ).stdout
     assert not any(i in netns for i in ids)
     from ec2mpi.localcloud.nodes import veth_name
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], check=False, capture_output=True, text=True).stdout
     assert not any(veth_name(i) in links for i in ids)
     mounts = Path("/proc/self/mountinfo").read_text()
     assert not any(i in mounts for i in ids)
-    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    procs = subprocess.run(
+        ["ps", "-eo", "args"], check=False, capture_output=True, text=True
+    ).stdout
     assert not any(f"{STATE}/nodes/{i}" in procs for i in ids)
     assert not any(Path(STATE, "nodes", i).exists() for i in ids)
     listed = cli_json("list")
@@ -167,27 +209,44 @@ def test_destroy_leaves_nothing_behind(demo):
     aws = control.session(control.ensure_up())
     from ec2mpi.cluster import ClusterManager
     assert ClusterManager(aws).leftovers(demo) == []   # nothing tagged that bills or lingers
-    running = aws.client("ec2").describe_instances(Filters=[
-        {"Name": "tag:ec2mpi:cluster", "Values": [demo]},
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
+    running = aws.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:ec2mpi:cluster", "Values": [demo]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
+        ]
+    )["Reservations"]
     assert running == []
 
 
 def test_a_crashed_local_cloud_is_detected_and_cleaned_on_next_use():
-    """Kill the daemon hard (as a crash would), leaving its nodes behind; the next command cleans up."""
+    """Kill the daemon hard (as a crash would), leaving its nodes behind; the next command cleans
+    up."""
     import signal
     cli("create", "e2e-crash", "--nodes", "1", "--storage", "none", "--yes", timeout=300)
     status = cli_json("local", "status")
     orphans = status["nodes"]
     assert orphans
     os.kill(status["pid"], signal.SIGKILL)
-    wait_for(lambda: not cli_json("local", "status").get("up"), 10, what="the local cloud to be seen as down")
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    wait_for(
+        lambda: not cli_json("local", "status").get("up"),
+        10,
+        what="the local cloud to be seen as down",
+    )
+    netns = subprocess.run(
+        ["ip", "netns", "list"], check=False, capture_output=True, text=True
+    ).stdout
     assert all(i in netns for i in orphans), "the crash should have left the nodes behind"
     res = cli("local", "up", timeout=600)
     assert "stale" in res.stderr
     fresh = cli_json("local", "status")
     assert fresh["up"] and fresh["pid"] != status["pid"] and fresh["nodes"] == []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    netns = subprocess.run(
+        ["ip", "netns", "list"], check=False, capture_output=True, text=True
+    ).stdout
     assert not any(i in netns for i in orphans)
-    assert cli_json("list") in ([], {"clusters": []}) or "e2e-crash" not in json.dumps(cli_json("list"))
+    assert cli_json("list") in ([], {"clusters": []}) or "e2e-crash" not in json.dumps(
+        cli_json("list")
+    )

@@ -7,18 +7,26 @@ import pytest
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect is in the test extra: pip install pexpect")
 
-from conftest import have_root_namespaces  # noqa: E402
+from conftest import have_root_namespaces
 
 EXE = Path(sys.executable).with_name("ec2mpi")
 PROMPT = r"ec2mpi[^\n]*\((aws|local)\)[^\n]*>"
 
 
 def spawn(tmp_path, *args, timeout=30):
-    env = dict(os.environ, EC2MPI_CONFIG_DIR=str(tmp_path / "config"), TERM="xterm", COLUMNS="160", LINES="40")
+    env = dict(
+        os.environ,
+        EC2MPI_CONFIG_DIR=str(tmp_path / "config"),
+        TERM="xterm",
+        COLUMNS="160",
+        LINES="40",
+    )
     cmd = str(EXE) if EXE.exists() else sys.executable
     argv = list(args) if EXE.exists() else ["-m", "ec2mpi.cli", *args]
-    child = pexpect.spawn(cmd, argv, env=env, encoding="utf-8", timeout=timeout, dimensions=(40, 160))
-    child.logfile_read = open(tmp_path / "pty.log", "w")
+    child = pexpect.spawn(
+        cmd, argv, env=env, encoding="utf-8", timeout=timeout, dimensions=(40, 160)
+    )
+    child.logfile_read = open(tmp_path / "pty.log", "w")  # noqa: SIM115
     return child
 
 
@@ -32,7 +40,7 @@ def leave(child):
 def test_shell_starts_on_a_terminal_runs_commands_and_leaves(controlplane, tmp_path):
     child = spawn(tmp_path)
     child.expect("ec2mpi shell")
-    child.expect("\x1b\\[6n")           # prompt_toolkit asks where the cursor is: answer like a terminal,
+    child.expect("\x1b\\[6n")  # prompt_toolkit asks where the cursor is: answer like a terminal,
     child.send("\x1b[1;1R")             # so it knows the screen height and draws the bottom toolbar
     child.expect(PROMPT)
     child.expect(r"loading cluster state|no cluster selected|\d+/\d+ ready|help: commands")
@@ -51,7 +59,9 @@ def test_shell_starts_on_a_terminal_runs_commands_and_leaves(controlplane, tmp_p
 def test_destroy_asks_naming_what_goes(controlplane, cluster_name, tmp_path):
     child = spawn(tmp_path, timeout=120)
     child.expect(PROMPT)
-    child.sendline(f"create {cluster_name} --nodes 2 --storage none --ssh-cidr 127.0.0.1/32 --no-wait")
+    child.sendline(
+        f"create {cluster_name} --nodes 2 --storage none --ssh-cidr 127.0.0.1/32 --no-wait"
+    )
     child.expect(f"cluster {cluster_name}:")
     child.expect(PROMPT)
     child.sendline(f"destroy {cluster_name}")

@@ -24,7 +24,10 @@ def test_registry_epoch_counts_every_membership_change(aws, cluster_name):
     assert reg.delete_node(cluster_name, "i-1") is True
     assert reg.delete_node(cluster_name, "i-1") is False
     assert reg.epoch(cluster_name) == 3
-    assert reg.set_master(cluster_name, "i-9") == "i-9" and reg.set_master(cluster_name, "i-8") == "i-9"
+    assert (
+        reg.set_master(cluster_name, "i-9") == "i-9"
+        and reg.set_master(cluster_name, "i-8") == "i-9"
+    )
     reg.delete_cluster(cluster_name)
     assert reg.get_cluster(cluster_name) is None
     with pytest.raises(NoSuchCluster):
@@ -39,8 +42,10 @@ def test_fifty_concurrent_registrations_give_fifty_items_and_epoch_fifty(aws, cl
 
     def register(i):
         try:
-            Registry(aws).put_node(cluster_name, Node(f"i-{i:04d}", "worker", f"172.31.1.{i}", f"h{i}", 2))
-        except Exception as err:  # surfaced below
+            Registry(aws).put_node(
+                cluster_name, Node(f"i-{i:04d}", "worker", f"172.31.1.{i}", f"h{i}", 2)
+            )
+        except Exception as err:  # noqa: BLE001 - surfaced below
             errors.append(err)
 
     threads = [threading.Thread(target=register, args=(i,)) for i in range(50)]

@@ -44,12 +44,14 @@ def node(tmp_path):
     sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
                  if os.path.exists(p)), "internal-sftp")
     conf = tmp_path / "sshd_config"
-    conf.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path / 'pid'}\n"
-                    f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                    f"UsePAM no\nStrictModes no\nSubsystem sftp {sftp}\nCompression yes\n")
+    conf.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path / 'pid'}\n"
+        f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        f"UsePAM no\nStrictModes no\nSubsystem sftp {sftp}\nCompression yes\n"
+    )
     os.makedirs("/run/sshd", exist_ok=True)
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "wb"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "wb"))  # noqa: SIM115
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
@@ -89,7 +91,9 @@ def test_sftp_put_and_get_round_trip_with_compression(node, tmp_path):
         assert client.get_transport().use_compression  # asked for compression
         target = remote.remote_path(str(shared), "in")
         assert remote.put(client, str(src), target) == 100_006
-        assert (shared / "in" / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+        assert (shared / "in" / "sub" / "b.bin").read_bytes() == (
+            src / "sub" / "b.bin"
+        ).read_bytes()
         back = tmp_path / "back"
         remote.get(client, target, str(back))
         assert (back / "a.txt").read_text() == "alpha\n"
@@ -113,12 +117,21 @@ def test_system_ssh_with_the_generated_config(node, tmp_path):
     keys, port = node
     links = [remote.Link("master", "i-1", "127.0.0.1", slots=2)]
     config = remote.write_ssh_files(tmp_path / "c", "rt", keys, links, "root", port=port)
-    proc = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "rt-master", "echo", "ok"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "rt-master", "echo", "ok"], check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
     # the same config with a different cluster's known_hosts is refused by ssh itself
     other = ClusterKeys(keys.identity, ClusterKeys.generate("other").host)
     config = remote.write_ssh_files(tmp_path / "d", "rt", other, links, "root", port=port)
-    proc = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "rt-master", "true"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "rt-master", "true"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 255 and "Host key verification failed" in proc.stderr

@@ -45,13 +45,31 @@ def run_binary(*argv, stdin=subprocess.DEVNULL, timeout=120):
     """The real console script, with the test environment (moto endpoint, dummy credentials)."""
     exe = Path(sys.executable).with_name("ec2mpi")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ec2mpi.cli"]
-    return subprocess.run(cmd + list(argv), stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd + list(argv), check=False, stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_create_flags_parse_into_the_spec_fields():
-    args, cmd = commands.parse(["create", "demo", "--nodes", "4", "--instance-type", "c6i.large,c5.large",
-                                "--on-demand", "--storage", "s3fs", "--ssh-cidr", "203.0.113.7",
-                                "--placement-group", "--no-wait", "--timeout", "60"])
+    args, cmd = commands.parse(
+        [
+            "create",
+            "demo",
+            "--nodes",
+            "4",
+            "--instance-type",
+            "c6i.large,c5.large",
+            "--on-demand",
+            "--storage",
+            "s3fs",
+            "--ssh-cidr",
+            "203.0.113.7",
+            "--placement-group",
+            "--no-wait",
+            "--timeout",
+            "60",
+        ]
+    )
     assert cmd.name == "create" and args.name == "demo" and args.nodes == 4
     assert args.instance_type == ("c6i.large", "c5.large") and args.spot is False
     assert args.storage == "s3fs" and args.ssh_cidr == "203.0.113.7/32"
@@ -62,14 +80,23 @@ def test_global_options_work_before_and_after_the_command():
     before, _ = commands.parse(["--json", "-c", "demo", "add-nodes", "8"])
     after, _ = commands.parse(["add-nodes", "8", "-c", "demo", "--json"])
     for a in (before, after):
-        assert a.cluster == "demo" and a.json is True and a.count == 8 and a.command_name == "add-nodes"
+        assert (
+            a.cluster == "demo"
+            and a.json is True
+            and a.count == 8
+            and a.command_name == "add-nodes"
+        )
     plain, _ = commands.parse(["status"])
     assert plain.cluster is None and plain.json is False and plain.yes is False
 
 
 def test_ssh_takes_the_remote_command_after_double_dash():
     a, cmd = commands.parse(["ssh", "node-2", "--", "mpirun", "-np", "4", "hostname"])
-    assert cmd.name == "ssh" and a.node == "node-2" and a.remote_command == ["mpirun", "-np", "4", "hostname"]
+    assert (
+        cmd.name == "ssh"
+        and a.node == "node-2"
+        and a.remote_command == ["mpirun", "-np", "4", "hostname"]
+    )
     a, _ = commands.parse(["ssh", "--", "ls", "-l"])
     assert a.node is None and a.remote_command == ["ls", "-l"]
     a, _ = commands.parse(["ssh"])
@@ -91,9 +118,15 @@ def test_remove_nodes_count_and_node_list():
 
 def test_flags_override_template_which_overrides_user_defaults(config_dir):
     config_dir.mkdir(parents=True)
-    (config_dir / "config.toml").write_text('[defaults]\nnodes = 3\nstorage = "none"\nspot = false\n')
-    args, _ = commands.parse(["create", "demo", "--template", str(EXAMPLE), "--nodes", "6", "-t", "c5.large"])
-    spec = commands.spec_from_args(args, commands.read_template(args.template), userdirs.user_defaults())
+    (config_dir / "config.toml").write_text(
+        '[defaults]\nnodes = 3\nstorage = "none"\nspot = false\n'
+    )
+    args, _ = commands.parse(
+        ["create", "demo", "--template", str(EXAMPLE), "--nodes", "6", "-t", "c5.large"]
+    )
+    spec = commands.spec_from_args(
+        args, commands.read_template(args.template), userdirs.user_defaults()
+    )
     assert spec.nodes == 6                      # flag beats template (4) and defaults (3)
     assert spec.instance_types == ("c5.large",)  # flag
     assert spec.storage == "efs"                 # template beats defaults
@@ -162,11 +195,32 @@ def test_help_comes_from_the_table(capsys):
 
 
 def test_every_required_command_is_in_the_table():
-    wanted = {"create", "add-nodes", "remove-nodes", "list", "status", "hostfile", "ssh", "put", "get",
-              "ssh-config", "parallel-hosts", "logs", "cost", "destroy", "local", "help"}
+    wanted = {
+        "create",
+        "add-nodes",
+        "remove-nodes",
+        "list",
+        "status",
+        "hostfile",
+        "ssh",
+        "put",
+        "get",
+        "ssh-config",
+        "parallel-hosts",
+        "logs",
+        "cost",
+        "destroy",
+        "local",
+        "help",
+    }
     assert wanted <= set(commands.COMMANDS)
-    assert {c.name for c in commands.COMMANDS.values() if c.destructive} == {"destroy", "remove-nodes"}
-    assert {"create", "add-nodes", "destroy"} <= {c.name for c in commands.COMMANDS.values() if c.waits}
+    assert {c.name for c in commands.COMMANDS.values() if c.destructive} == {
+        "destroy",
+        "remove-nodes",
+    }
+    assert {"create", "add-nodes", "destroy"} <= {
+        c.name for c in commands.COMMANDS.values() if c.waits
+    }
 
 
 def test_no_command_without_a_terminal_is_bad_input():
@@ -178,11 +232,25 @@ def sample_status(states=("ready", "ready", "booting")):
     spec = ClusterSpec("demo", nodes=len(states), instance_types="c6i.large", storage="efs")
     nodes = []
     for i, state in enumerate(states):
-        nodes.append(NodeStatus(instance_id=f"i-{i:017x}", role="master" if i == 0 else "worker",
-                                instance_type="c6i.large", lifecycle="spot" if i else "on-demand",
-                                private_ip=f"172.31.0.{10 + i}", public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
-                                state=state, slots=2, hostname=f"ip-172-31-0-{10 + i}", heartbeat_age=3.2))
-    cost = CostEstimate(per_hour=0.119, lines=[PriceLine("c6i.large", "spot", 3, 0.0397)], source="spot price history")
+        nodes.append(
+            NodeStatus(
+                instance_id=f"i-{i:017x}",
+                role="master" if i == 0 else "worker",
+                instance_type="c6i.large",
+                lifecycle="spot" if i else "on-demand",
+                private_ip=f"172.31.0.{10 + i}",
+                public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
+                state=state,
+                slots=2,
+                hostname=f"ip-172-31-0-{10 + i}",
+                heartbeat_age=3.2,
+            )
+        )
+    cost = CostEstimate(
+        per_hour=0.119,
+        lines=[PriceLine("c6i.large", "spot", 3, 0.0397)],
+        source="spot price history",
+    )
     return ClusterStatus(name="demo", status="ready", spec=spec, epoch=7, nodes=nodes, cost=cost)
 
 
@@ -198,9 +266,13 @@ def test_one_session_factory_for_aws_and_the_local_cloud():
     from ec2mpi.sessions import open_session
     aws, info = open_session(False, region="eu-west-1")
     assert isinstance(aws, AwsSession) and info is None and aws.region == "eu-west-1"
-    given = type("Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None, "region": "us-east-1"})
-    aws, info = open_session(True, local_info=given)   # an already running local cloud is reused
-    assert info is given and aws.endpoint_url == "https://172.31.0.1:1" and aws.region == "us-east-1"
+    given = type(
+        "Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None, "region": "us-east-1"}
+    )
+    aws, info = open_session(True, local_info=given)  # an already running local cloud is reused
+    assert (
+        info is given and aws.endpoint_url == "https://172.31.0.1:1" and aws.region == "us-east-1"
+    )
 
 
 def _failing_command(capture):
@@ -226,7 +298,9 @@ def test_aws_refusals_keep_their_cause_and_show_it_with_v(verbose):
     ctx = commands.Context(args, out=io.StringIO(), err=err, can_ask=False)
     status = commands.execute(_failing_command(err), args, ctx)
     text = err.getvalue()
-    assert status == 1 and text.splitlines()[-1].startswith("ec2mpi: error: AWS refused ec2:RunInstances")
+    assert status == 1 and text.splitlines()[-1].startswith(
+        "ec2mpi: error: AWS refused ec2:RunInstances"
+    )
     if verbose:
         assert "botocore.exceptions.ClientError" in text and "direct cause" in text
     else:

@@ -10,7 +10,9 @@ from ec2mpi.errors import UserError
 from ec2mpi.keys import ClusterKeys, known_hosts_line
 
 
-@pytest.mark.parametrize("name", ["", "Demo", "a" * 33, "a/b", "../x", "demo-", "-demo", "de mo", "dé"])
+@pytest.mark.parametrize(
+    "name", ["", "Demo", "a" * 33, "a/b", "../x", "demo-", "-demo", "de mo", "dé"]
+)
 def test_bad_cluster_names_are_user_errors(name):
     with pytest.raises(UserError) as err:
         ClusterSpec(name)
@@ -40,5 +42,8 @@ def test_keys_are_openssh_ed25519():
     assert keys.identity.public_openssh.startswith(b"ssh-ed25519 ")
     assert keys.identity.public_openssh != keys.host.public_openssh
     line = known_hosts_line(keys.host.public_openssh)
-    assert line.startswith("* ssh-ed25519 ") and line.split()[2] == keys.host.public_openssh.split()[1].decode()
+    assert (
+        line.startswith("* ssh-ed25519 ")
+        and line.split()[2] == keys.host.public_openssh.split()[1].decode()
+    )
     assert ClusterKeys.from_objects(keys.objects()) == keys

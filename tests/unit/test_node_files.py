@@ -37,7 +37,9 @@ ROLE = "ec2mpi-test-node"
 def imds():
     """The emulator on loopback: every caller is 127.0.0.1, so the test decides who that is."""
     views = {}
-    server = ImdsServer("127.0.0.1", 0, lambda ip: views.get("me") if ip == "127.0.0.1" else None).start()
+    server = ImdsServer(
+        "127.0.0.1", 0, lambda ip: views.get("me") if ip == "127.0.0.1" else None
+    ).start()
     server.views = views
     yield server
     server.stop()
@@ -113,7 +115,10 @@ def test_hostfile_formats_master_first_ready_only():
              Node("i-4", "worker", "172.31.0.11", "h4", 2, state="booting"),
              Node("i-5", "worker", "172.31.0.12", "h5", 2, state="draining"),
              Node("i-1", "master", "172.31.0.20", "h1", 8, state="ready")]
-    assert hostfile.render_openmpi(nodes) == "172.31.0.20 slots=8\n172.31.0.9 slots=2\n172.31.0.10 slots=4\n"
+    assert (
+        hostfile.render_openmpi(nodes)
+        == "172.31.0.20 slots=8\n172.31.0.9 slots=2\n172.31.0.10 slots=4\n"
+    )
     assert hostfile.render_mpich(nodes) == "172.31.0.20:8\n172.31.0.9:2\n172.31.0.10:4\n"
 
 
@@ -129,8 +134,14 @@ def test_hostfile_atomic_write(tmp_path):
 
 def test_mount_command_lines():
     assert efs_mount_command("fs-1", "eu-west-1", "/shared") == [
-        "mount", "-t", "nfs4", "-o", "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
-        "fs-1.efs.eu-west-1.amazonaws.com:/", "/shared"]
+        "mount",
+        "-t",
+        "nfs4",
+        "-o",
+        "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
+        "fs-1.efs.eu-west-1.amazonaws.com:/",
+        "/shared",
+    ]
     assert EFS_OPTIONS in efs_mount_command("fs-1", "eu-west-1", "/shared")
     assert efs_mount_command("fs-1", "eu-west-1", "/shared", efs_utils=True) == [
         "mount", "-t", "efs", "-o", "tls", "fs-1:/", "/shared"]
@@ -138,7 +149,12 @@ def test_mount_command_lines():
     assert cmd[:3] == ["s3fs", "bkt:/clusters/demo/shared", "/shared"] and cmd[3] == "-o"
     assert "iam_role=auto" in cmd[4].split(",") and "uid=1001" in cmd[4].split(",")
     p = params_for("demo", "ec2mpi", storage="efs")
-    assert mount_command(p, "/shared", 1, 1, hook="/x/hook") == ["/x/hook", "efs", "fs-12345678", "/shared"]
+    assert mount_command(p, "/shared", 1, 1, hook="/x/hook") == [
+        "/x/hook",
+        "efs",
+        "fs-12345678",
+        "/shared",
+    ]
     assert mount_command(params_for("demo", "u"), "/shared", 1, 1) is None
 
 
@@ -154,7 +170,9 @@ def test_mpi_env_binds_to_none_only_locally():
     bashrc = "case $- in *i*) ;; *) return;; esac\nalias ll='ls -l'\n"
     once = with_env_block(bashrc, aws_block)
     assert once.startswith(aws_block) and once.endswith(bashrc)
-    assert with_env_block(once, local_block) == local_block + bashrc   # idempotent, replaced in place
+    assert (
+        with_env_block(once, local_block) == local_block + bashrc
+    )  # idempotent, replaced in place
 
 
 def _agent_env(imds_url, root):

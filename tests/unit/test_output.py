@@ -49,18 +49,34 @@ def run_binary(*argv, stdin=subprocess.DEVNULL, timeout=120):
     """The real console script, with the test environment (moto endpoint, dummy credentials)."""
     exe = Path(sys.executable).with_name("ec2mpi")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ec2mpi.cli"]
-    return subprocess.run(cmd + list(argv), stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd + list(argv), check=False, stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sample_status(states=("ready", "ready", "booting")):
     spec = ClusterSpec("demo", nodes=len(states), instance_types="c6i.large", storage="efs")
     nodes = []
     for i, state in enumerate(states):
-        nodes.append(NodeStatus(instance_id=f"i-{i:017x}", role="master" if i == 0 else "worker",
-                                instance_type="c6i.large", lifecycle="spot" if i else "on-demand",
-                                private_ip=f"172.31.0.{10 + i}", public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
-                                state=state, slots=2, hostname=f"ip-172-31-0-{10 + i}", heartbeat_age=3.2))
-    cost = CostEstimate(per_hour=0.119, lines=[PriceLine("c6i.large", "spot", 3, 0.0397)], source="spot price history")
+        nodes.append(
+            NodeStatus(
+                instance_id=f"i-{i:017x}",
+                role="master" if i == 0 else "worker",
+                instance_type="c6i.large",
+                lifecycle="spot" if i else "on-demand",
+                private_ip=f"172.31.0.{10 + i}",
+                public_ip=f"198.51.100.{10 + i}" if i < 2 else "",
+                state=state,
+                slots=2,
+                hostname=f"ip-172-31-0-{10 + i}",
+                heartbeat_age=3.2,
+            )
+        )
+    cost = CostEstimate(
+        per_hour=0.119,
+        lines=[PriceLine("c6i.large", "spot", 3, 0.0397)],
+        source="spot price history",
+    )
     return ClusterStatus(name="demo", status="ready", spec=spec, epoch=7, nodes=nodes, cost=cost)
 
 
@@ -81,12 +97,18 @@ def test_status_json_is_plain_data():
 
 
 def test_list_and_cost_and_destroy_formatting():
-    rows = [ClusterSummary("demo", "ready", 4, 4, int(time.time())), ClusterSummary("big", "creating", 64, 10, 0)]
+    rows = [
+        ClusterSummary("demo", "ready", 4, 4, int(time.time())),
+        ClusterSummary("big", "creating", 64, 10, 0),
+    ]
     text = output.format_list(rows, current="demo")
     assert "* demo" in text and "10/64" in text and "creating" in text
     assert "no clusters" in output.format_list([])
     cost = output.format_cost(sample_status().cost)
-    assert cost.startswith("$0.119/h for the whole cluster (spot price history)") and "c6i.large" in cost
+    assert (
+        cost.startswith("$0.119/h for the whole cluster (spot price history)")
+        and "c6i.large" in cost
+    )
     report = DestroyReport(removed={"instances": ["i-1", "i-2"], "security_groups": ["sg-1"]})
     assert "removed 3 resource(s)" in output.format_destroy("demo", report)
     assert "WARNING" in output.format_destroy("demo", DestroyReport(leftovers=["fs-1"]))
@@ -106,7 +128,9 @@ def test_node_resolution_and_links():
         commands.resolve_node(st, "node-9")
     aws = commands.links_for(st, local=False)
     assert [(l.label, l.address, l.via_master) for l in aws] == [
-        ("master", "198.51.100.10", False), ("node-1", "198.51.100.11", False)]  # node-2 is not ready
+        ("master", "198.51.100.10", False),
+        ("node-1", "198.51.100.11", False),
+    ]  # node-2 is not ready
     st.nodes[2].state = "ready"
     last = commands.links_for(st, local=False)[-1]
     assert last.address == "172.31.0.12" and last.via_master          # no public IP: via the master
@@ -121,7 +145,9 @@ def test_ssh_files_and_parallel_hosts(tmp_path):
     text = config.read_text()
     assert "Host demo-master demo-node-0" in text and "Host demo-node-2" in text
     assert "StrictHostKeyChecking yes" in text and "ProxyJump demo-master" in text
-    assert {line.split()[1] for line in text.splitlines() if "StrictHostKeyChecking" in line} == {"yes"}
+    assert {line.split()[1] for line in text.splitlines() if "StrictHostKeyChecking" in line} == {
+        "yes"
+    }
     assert (tmp_path / "demo" / "known_hosts").read_text().startswith("* ssh-ed25519 ")
     assert oct((tmp_path / "demo" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
     lines = remote.parallel_hosts_text("demo", links, config).splitlines()

@@ -18,7 +18,9 @@ _CFG = Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_s
 
 
 def _s3(endpoint, verify=None):
-    return boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint, verify=verify, config=_CFG)
+    return boto3.client(
+        "s3", region_name="us-east-1", endpoint_url=endpoint, verify=verify, config=_CFG
+    )
 
 
 def _tls_only_policy(bucket):
@@ -30,7 +32,9 @@ def _tls_only_policy(bucket):
 
 def _denied(exc_info):
     err = exc_info.value.response
-    return err["Error"]["Code"] == "AccessDenied" and err["ResponseMetadata"]["HTTPStatusCode"] == 403
+    return (
+        err["Error"]["Code"] == "AccessDenied" and err["ResponseMetadata"]["HTTPStatusCode"] == 403
+    )
 
 
 @pytest.fixture
@@ -53,14 +57,22 @@ def test_condition_semantics():
     tls_only = {"Bool": {"aws:SecureTransport": "false"}}
     assert evaluate_condition_block(tls_only, ctx_http)
     assert not evaluate_condition_block(tls_only, ctx_tls)
-    assert not evaluate_condition_block(tls_only, {})                       # missing key: not met
-    assert evaluate_condition_block({"Bool": {"aws:securetransport": False}}, ctx_http)  # JSON bool, key case
+    assert not evaluate_condition_block(tls_only, {})  # missing key: not met
+    assert evaluate_condition_block(
+        {"Bool": {"aws:securetransport": False}}, ctx_http
+    )  # JSON bool, key case
     assert evaluate_condition_block({"BoolIfExists": {"aws:SecureTransport": "false"}}, {})
     assert evaluate_condition_block({"Null": {"aws:SecureTransport": "true"}}, {})
     assert not evaluate_condition_block({"Null": {"aws:SecureTransport": "true"}}, ctx_tls)
     assert evaluate_condition_block({"StringNotEquals": {"k": ["a", "b"]}}, {"k": "c"})
     assert not evaluate_condition_block({"StringNotEquals": {"k": ["a", "b"]}}, {"k": "b"})
-    assert evaluate_condition_block({"StringNotEquals": {"k": "a"}}, {})    # negated: missing key met
-    assert evaluate_condition_block({"StringLike": {"k": ["clusters/*/id_?25519"]}}, {"k": "clusters/x/id_e25519"})
-    assert not evaluate_condition_block({"StringLike": {"k": "a.*"}}, {"k": "abc"})  # '.' is literal
-    assert not evaluate_condition_block({"StringEquals": {"k": "a"}, "Bool": {"b": "true"}}, {"k": "a", "b": "false"})
+    assert evaluate_condition_block({"StringNotEquals": {"k": "a"}}, {})  # negated: missing key met
+    assert evaluate_condition_block(
+        {"StringLike": {"k": ["clusters/*/id_?25519"]}}, {"k": "clusters/x/id_e25519"}
+    )
+    assert not evaluate_condition_block(
+        {"StringLike": {"k": "a.*"}}, {"k": "abc"}
+    )  # '.' is literal
+    assert not evaluate_condition_block(
+        {"StringEquals": {"k": "a"}, "Bool": {"b": "true"}}, {"k": "a", "b": "false"}
+    )

@@ -42,8 +42,10 @@ def state_with(names=("demo", "other"), status=None) -> LiveState:
 
 def sample_status():
     spec = ClusterSpec("demo", nodes=2, instance_types="c6i.large")
-    nodes = [NodeStatus("i-0aaa", "master", "c6i.large", "spot", "172.31.0.10", "", "ready", 2),
-             NodeStatus("i-0bbb", "worker", "c6i.large", "on-demand", "172.31.0.11", "", "booting", 2)]
+    nodes = [
+        NodeStatus("i-0aaa", "master", "c6i.large", "spot", "172.31.0.10", "", "ready", 2),
+        NodeStatus("i-0bbb", "worker", "c6i.large", "on-demand", "172.31.0.11", "", "booting", 2),
+    ]
     return ClusterStatus("demo", "ready", spec, 3, nodes, CostEstimate(0.12))
 
 
@@ -82,12 +84,14 @@ def test_tab_completes_in_the_running_shell(capsys):
 
     with create_pipe_input() as inp:
         shell = Shell(input=inp, output=DummyOutput(), background=False)
-        buffer = lambda: shell.session.app.current_buffer  # noqa: E731
+        buffer = lambda: shell.session.app.current_buffer
 
         def typist():
             wait_for(lambda: shell.session.app.is_running)
             inp.send_text("help add")
-            wait_for(lambda: buffer().complete_state is not None and buffer().complete_state.completions)
+            wait_for(
+                lambda: buffer().complete_state is not None and buffer().complete_state.completions
+            )
             inp.send_text("\t")
             wait_for(lambda: buffer().text == "help add-nodes")
             inp.send_text("\r")
@@ -95,7 +99,7 @@ def test_tab_completes_in_the_running_shell(capsys):
             inp.close()
         threading.Thread(target=typist, daemon=True).start()
         assert shell.run() == 0
-    out, err = capsys.readouterr()
+    out, _err = capsys.readouterr()
     assert "usage: ec2mpi add-nodes" in out
 
 
@@ -130,7 +134,7 @@ def test_history_is_written_to_the_config_dir(config_dir, capsys):
 def test_create_dialog_asks_summarises_and_can_be_declined(capsys):
     # name, nodes, spot/on-demand, instance types, storage, then "n" at the confirmation
     status = run_shell("create\rmy-demo\r4\ron-demand\rc6i.xlarge\rnone\rn\r")
-    out, err = capsys.readouterr()
+    out, _err = capsys.readouterr()
     assert status == 0
     assert "create cancelled; nothing was made" in out
 
@@ -142,8 +146,14 @@ def test_create_dialog_defaults_come_from_flags(capsys):
 
 
 def test_dialog_summary_names_cores_and_cost():
-    text = summary(ClusterSpec("demo", nodes=4, instance_types="c6i.xlarge", spot=False, storage="none"))
-    assert "4 x c6i.xlarge, 4 vCPU each, 16 in all" in text and "on-demand" in text and "$0.680/h" in text
+    text = summary(
+        ClusterSpec("demo", nodes=4, instance_types="c6i.xlarge", spot=False, storage="none")
+    )
+    assert (
+        "4 x c6i.xlarge, 4 vCPU each, 16 in all" in text
+        and "on-demand" in text
+        and "$0.680/h" in text
+    )
 
 
 def test_destructive_commands_ask_in_the_shell():
