@@ -1,6 +1,7 @@
 """Cluster orchestration over the aws/ adapters, one module per lifecycle: create, resize,
 inspect, destroy (and wait, which create and resize share). `ClusterManager` is the one
 entry point; see manager.py."""
+from .base import DRAIN_WAIT
 from .inspect import HEARTBEAT_LOST_AFTER
 from .manager import ClusterManager
 from .model import (
@@ -13,7 +14,6 @@ from .model import (
                     ProgressFn,
                     Removal,
 )
-from .resize import DRAIN_WAIT
 
 __all__ = [
                     "DRAIN_WAIT",

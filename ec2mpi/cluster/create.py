@@ -19,24 +19,25 @@ from ..aws.templates import PLACEMENT_UNSUPPORTED, Templates
 from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, TAG_ROLE, ClusterSpec
 from ..errors import UserError
 from ..userdata import UserDataParams, render
+from .inspect import status as inspect_status
 from .model import ClusterStatus, run_steps
 from .wait import wait_ready
 
 
-def create(mgr, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
-    region = mgr.preflight()
-    spec = complete_spec(mgr, spec)
-    run = Creation(mgr, spec, region)
+def create(ops, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
+    region = ops.preflight()
+    spec = complete_spec(ops, spec)
+    run = Creation(ops, spec, region)
     run.check()
-    run_steps(run.steps(wait, timeout), mgr.say)
-    return mgr.status(spec.name)
+    run_steps(run.steps(wait, timeout), ops.say)
+    return inspect_status(ops, spec.name)
 
 
-def complete_spec(mgr, spec: ClusterSpec) -> ClusterSpec:
+def complete_spec(ops, spec: ClusterSpec) -> ClusterSpec:
     """Fill what the user left out and we can know without asking the network."""
     if spec.ssh_cidr:
         return spec
-    host = urlparse(mgr.aws.endpoint_url or "").hostname
+    host = urlparse(ops.aws.endpoint_url or "").hostname
     try:
         ip = ipaddress.ip_address(host or "")
     except ValueError:
@@ -46,23 +47,23 @@ def complete_spec(mgr, spec: ClusterSpec) -> ClusterSpec:
     return spec.replace(ssh_cidr=f"{ip}/{ip.max_prefixlen}")
 
 
-def placement_group(mgr, templates: Templates, spec: ClusterSpec) -> str | None:
+def placement_group(ops, templates: Templates, spec: ClusterSpec) -> str | None:
     if not spec.placement_group:
         return None
     pg = templates.ensure_placement_group()
     if pg is None:
-        mgr.say(0, 0, PLACEMENT_UNSUPPORTED)
+        ops.say(0, 0, PLACEMENT_UNSUPPORTED)
     return pg
 
 
 class Creation:
     """One run of create: the state its steps hand to each other."""
 
-    def __init__(self, mgr, spec: ClusterSpec, region: str):
-        self.mgr, self.spec, self.region = mgr, spec, region
-        self.network = Network(mgr.aws, spec.name)
-        self.templates = Templates(mgr.aws, spec.name)
-        self.instances = Instances(mgr.aws, spec.name)
+    def __init__(self, ops, spec: ClusterSpec, region: str):
+        self.ops, self.spec, self.region = ops, spec, region
+        self.network = Network(ops.aws, spec.name)
+        self.templates = Templates(ops.aws, spec.name)
+        self.instances = Instances(ops.aws, spec.name)
         self.item: dict | None = None
         self.subnets: list = []
         self.sg = self.profile_arn = self.wheel_key = self.lt = ""
@@ -73,15 +74,15 @@ class Creation:
         """Everything that can refuse before anything is made."""
         self.templates.check_instance_types(self.spec.instance_types)
         self.subnets = self.network.subnets(self.spec.subnet_ids)
-        if self.mgr.table_exists():
-            self.item = self.mgr.registry.get_cluster(self.spec.name)
+        if self.ops.table_exists():
+            self.item = self.ops.registry.get_cluster(self.spec.name)
         if self.item is not None:
             self._check_resumable(self.item)
 
     def _check_resumable(self, item: dict) -> None:
         name, status = self.spec.name, item.get("status")
         if status == "creating" and item.get("spec") == self.spec.to_json():
-            self.mgr.say(0, 0, f"resuming the half-made cluster {name}")
+            self.ops.say(0, 0, f"resuming the half-made cluster {name}")
             return
         if status == "creating":
             raise UserError(
@@ -111,9 +112,9 @@ class Creation:
     # -- the steps ----------------------------------------------------------------
     def registry_item(self) -> None:
         """First: from here on, a crash leaves something create can resume."""
-        reg = self.mgr.registry
+        reg = self.ops.registry
         reg.ensure_table()
-        self.mgr._table = True
+        self.ops.table_made()
         if self.item is None:
             reg.create_cluster(self.spec.name, self.spec.to_json(), status="creating")
             self.item = {}
@@ -122,7 +123,7 @@ class Creation:
             reg.update_cluster(self.spec.name, launch_token=self.item["launch_token"])
 
     def cluster_keys(self) -> None:
-        ks = self.mgr.keystore
+        ks = self.ops.keystore
         ks.ensure_bucket()
         if not ks.has_keys(self.spec.name):
             from ..keys import ClusterKeys
@@ -133,9 +134,9 @@ class Creation:
                                                    self.spec.ssh_cidr)
 
     def instance_role(self) -> None:
-        spec, aws = self.spec, self.mgr.aws
+        spec, aws = self.spec, self.ops.aws
         role = NodeRole(aws, spec.name)
-        policy = node_policy(spec.name, self.mgr.keystore.bucket, self.region, aws.account_id(),
+        policy = node_policy(spec.name, self.ops.keystore.bucket, self.region, aws.account_id(),
                              spec.storage)
         self.profile_arn = role.ensure(policy)
         role.wait_usable()
@@ -145,19 +146,19 @@ class Creation:
             self.network.authorize(self.sg, [{
                 "IpProtocol": "tcp", "FromPort": NFS_PORT, "ToPort": NFS_PORT,
                 "UserIdGroupPairs": [{"GroupId": self.sg, "Description": "NFS from the cluster"}]}])
-            self.storage_id = Efs(self.mgr.aws, self.spec.name).ensure(
+            self.storage_id = Efs(self.ops.aws, self.spec.name).ensure(
                 [s["SubnetId"] for s in self.subnets], self.sg)
         return f"shared storage ({self.spec.storage})"
 
     def wheel(self) -> None:
         """The code the nodes run: this very client."""
         wheel_name, data = selfwheel.build()
-        self.wheel_key = self.mgr.keystore.put_wheel(self.spec.name, wheel_name, data)
+        self.wheel_key = self.ops.keystore.put_wheel(self.spec.name, wheel_name, data)
 
     def launch_template(self) -> None:
         spec = self.spec
         params = UserDataParams(
-            cluster=spec.name, region=self.region, bucket=self.mgr.keystore.bucket,
+            cluster=spec.name, region=self.region, bucket=self.ops.keystore.bucket,
             table=REGISTRY_TABLE, version=__version__, wheel_key=self.wheel_key,
             storage=spec.storage, storage_id=self.storage_id, shared_path=spec.shared_path,
             user=spec.user, prefix=NODE_PREFIX)
@@ -168,17 +169,17 @@ class Creation:
     def launch(self) -> str:
         """All N nodes in ONE call; node 0 is the master."""
         spec = self.spec
-        pg = placement_group(self.mgr, self.templates, spec)
+        pg = placement_group(self.ops, self.templates, spec)
         self.ids = self.instances.launch(LaunchRequest(
             self.lt, spec.nodes, self.item["launch_token"], spec.instance_types,
             tuple(self.subnets), spot=spec.spot, placement_group=pg))
-        master = self.mgr.registry.set_master(spec.name, self.ids[0])
+        master = self.ops.registry.set_master(spec.name, self.ids[0])
         self.instances.tag([master], **{TAG_ROLE: "master"})
         return f"launched {len(self.ids)} node(s)"
 
     def mark_ready(self) -> None:
-        self.mgr.registry.update_cluster(self.spec.name, status="ready")
+        self.ops.registry.update_cluster(self.spec.name, status="ready")
 
     def wait(self, wait: bool, timeout: float) -> None:
         if wait:
-            wait_ready(self.mgr, self.spec.name, self.ids, timeout)
+            wait_ready(self.ops, self.spec.name, self.ids, timeout)

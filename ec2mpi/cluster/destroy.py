@@ -12,20 +12,20 @@ from ..errors import UserError
 from .model import DestroyReport, run_steps
 
 
-def destroy(mgr, name: str) -> DestroyReport:
+def destroy(ops, name: str) -> DestroyReport:
     """Remove everything of the cluster, registry item or not; then prove nothing is left."""
     validate_name(name)
-    mgr.preflight()
-    network, templates = Network(mgr.aws, name), Templates(mgr.aws, name)
-    insts = Instances(mgr.aws, name)
-    item = mgr.registry.get_cluster(name) if mgr.table_exists() else None
+    ops.preflight()
+    network, templates = Network(ops.aws, name), Templates(ops.aws, name)
+    insts = Instances(ops.aws, name)
+    item = ops.registry.get_cluster(name) if ops.table_exists() else None
     instances = insts.instances()
-    if item is None and not instances and not leftovers(mgr, name):
+    if item is None and not instances and not leftovers(ops, name):
         raise UserError(
             f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist"
         )
     if item is not None:
-        mgr.registry.update_cluster(name, status="destroying")
+        ops.registry.update_cluster(name, status="destroying")
     report = DestroyReport()
     ids = [i.instance_id for i in instances]
 
@@ -35,8 +35,8 @@ def destroy(mgr, name: str) -> DestroyReport:
         return removed
 
     def registry_items() -> list:
-        if mgr.table_exists() and mgr.registry.get_cluster(name) is not None:
-            return [f"{mgr.registry.delete_cluster(name)} item(s)"]
+        if ops.table_exists() and ops.registry.get_cluster(name) is not None:
+            return [f"{ops.registry.delete_cluster(name)} item(s)"]
         return []
 
     steps = [
@@ -50,14 +50,14 @@ def destroy(mgr, name: str) -> DestroyReport:
                 + insts.delete_volumes()
             ),
         ),
-        ("efs", lambda: Efs(mgr.aws, name).delete()),
+        ("efs", lambda: Efs(ops.aws, name).delete()),
         ("security group", network.delete_security_group),
-        ("iam", lambda: NodeRole(mgr.aws, name).delete()),
-        ("s3 objects", lambda: mgr.keystore.delete_prefix(name)),
+        ("iam", lambda: NodeRole(ops.aws, name).delete()),
+        ("s3 objects", lambda: ops.keystore.delete_prefix(name)),
         ("registry items", registry_items),
     ]
-    run_steps([(kind, _recorded(report, kind, step)) for kind, step in steps], mgr.say)
-    report.leftovers = leftovers(mgr, name)
+    run_steps([(kind, _recorded(report, kind, step)) for kind, step in steps], ops.say)
+    report.leftovers = leftovers(ops, name)
     return report
 
 
@@ -71,17 +71,17 @@ def _recorded(report: DestroyReport, kind: str, step):
     return run
 
 
-def leftovers(mgr, name: str) -> list:
+def leftovers(ops, name: str) -> list:
     """Everything of the cluster that still exists (tagging API + direct describes)."""
     insts, network, templates = (
-        Instances(mgr.aws, name),
-        Network(mgr.aws, name),
-        Templates(mgr.aws, name),
+        Instances(ops.aws, name),
+        Network(ops.aws, name),
+        Templates(ops.aws, name),
     )
     live = {i.instance_id for i in insts.instances()}
     gone = {i.instance_id for i in insts.instances(states=("terminated",))}
     left = []
-    for arn in tagged_resources(mgr.aws, name):
+    for arn in tagged_resources(ops.aws, name):
         kind, _, rid = arn.split(":")[-1].partition("/")
         if kind == "instance" and rid in gone:
             continue            # terminated instances stay visible for a while; they bill nothing
@@ -94,13 +94,13 @@ def leftovers(mgr, name: str) -> list:
         left.append(f"security-group/{sg}")
     if templates.find_launch_template():
         left.append(f"launch-template/{insts.names.launch_template}")
-    role = NodeRole(mgr.aws, name).exists()
+    role = NodeRole(ops.aws, name).exists()
     left += [f"iam {kind}/{insts.names.role}" for kind, there in role.items() if there]
-    fs = Efs(mgr.aws, name).find()
+    fs = Efs(ops.aws, name).find()
     if fs:
         left.append(f"efs/{fs['FileSystemId']}")
-    if mgr.keystore.exists():
-        left += [f"s3://{mgr.keystore.bucket}/{k}" for k in mgr.keystore.list(name)]
-    if mgr.table_exists() and mgr.registry.get_cluster(name) is not None:
+    if ops.keystore.exists():
+        left += [f"s3://{ops.keystore.bucket}/{k}" for k in ops.keystore.list(name)]
+    if ops.table_exists() and ops.registry.get_cluster(name) is not None:
         left.append(f"registry/{name}")
     return left

@@ -12,20 +12,20 @@ from .model import ClusterStatus, ClusterSummary, CostEstimate, NodeStatus, Pric
 HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -> reported lost
 
 
-def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
+def status(ops, name: str, with_cost: bool = True) -> ClusterStatus:
     validate_name(name)
-    mgr.preflight()
-    item = mgr.require(name)
+    ops.preflight()
+    item = ops.require(name)
     spec = ClusterSpec.from_json(item["spec"])
     master = item.get("master")
     instances = {
         i.instance_id: i
-        for i in Instances(mgr.aws, name).instances(states=LIVE_STATES + ("terminated",))
+        for i in Instances(ops.aws, name).instances(states=LIVE_STATES + ("terminated",))
     }
     order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
     now = time.time()
     nodes = []
-    for n in mgr.registry.nodes(name):
+    for n in ops.registry.nodes(name):
         inst = instances.pop(n.instance_id, None)
         state = n.state
         if inst is None or inst.state in ("shutting-down", "terminated"):
@@ -64,15 +64,15 @@ def status(mgr, name: str, with_cost: bool = True) -> ClusterStatus:
     nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30), n.instance_id))
     st = ClusterStatus(name, item.get("status", "?"), spec, int(item.get("epoch", 0)), nodes)
     if with_cost:
-        st.cost = cost_of(mgr, nodes)
+        st.cost = cost_of(ops, nodes)
     return st
 
 
-def list_clusters(mgr) -> list:
-    mgr.preflight()
+def list_clusters(ops) -> list:
+    ops.preflight()
     out = []
-    for item in mgr.registry.list_clusters():
-        nodes = mgr.registry.nodes(item["cluster"])
+    for item in ops.registry.list_clusters():
+        nodes = ops.registry.nodes(item["cluster"])
         out.append(
             ClusterSummary(
                 item["cluster"],
@@ -85,21 +85,21 @@ def list_clusters(mgr) -> list:
     return out
 
 
-def cost(mgr, name: str) -> CostEstimate:
+def cost(ops, name: str) -> CostEstimate:
     validate_name(name)
-    mgr.preflight()
-    mgr.require(name)
-    live = Instances(mgr.aws, name).instances(states=("pending", "running"))
-    return price(mgr, [(i.instance_type, i.lifecycle) for i in live])
+    ops.preflight()
+    ops.require(name)
+    live = Instances(ops.aws, name).instances(states=("pending", "running"))
+    return price(ops, [(i.instance_type, i.lifecycle) for i in live])
 
 
-def cost_of(mgr, nodes: list) -> CostEstimate:
+def cost_of(ops, nodes: list) -> CostEstimate:
     """What these nodes cost per hour now: lost and terminated ones bill nothing."""
-    return price(mgr, [(n.instance_type, n.lifecycle) for n in nodes
+    return price(ops, [(n.instance_type, n.lifecycle) for n in nodes
                        if n.state not in ("lost", "terminated") and n.instance_type])
 
 
-def price(mgr, members: list) -> CostEstimate:
+def price(ops, members: list) -> CostEstimate:
     """The one price function: (instance type, lifecycle) pairs -> a CostEstimate with one
     PriceLine per pair (spot from EC2's price history, on-demand from the Pricing API or
     the static list)."""
@@ -109,10 +109,10 @@ def price(mgr, members: list) -> CostEstimate:
     spot_types = sorted({t for t, lc in counts if lc == "spot"})
     od_types = sorted({t for t, lc in counts if lc != "spot"})
     sources = []
-    spot = spot_prices(mgr.aws, spot_types) if spot_types else {}
+    spot = spot_prices(ops.aws, spot_types) if spot_types else {}
     if spot_types:
         sources.append("spot: EC2 spot price history")
-    od, od_source = on_demand_prices(mgr.aws, mgr.preflight(), od_types) if od_types else ({}, "")
+    od, od_source = on_demand_prices(ops.aws, ops.preflight(), od_types) if od_types else ({}, "")
     if od_types:
         sources.append(f"on-demand: {od_source}")
     lines = [PriceLine(itype, lifecycle, n, (spot if lifecycle == "spot" else od).get(itype))
@@ -125,27 +125,27 @@ def price(mgr, members: list) -> CostEstimate:
     return est
 
 
-def hostfile(mgr, name: str) -> str:
+def hostfile(ops, name: str) -> str:
     """Open MPI hostfile of the ready nodes, master first: exactly what the master writes."""
     from ..agent.hostfile import render_openmpi
     validate_name(name)
-    mgr.preflight()
-    mgr.require(name)
-    return render_openmpi(mgr.registry.nodes(name))
+    ops.preflight()
+    ops.require(name)
+    return render_openmpi(ops.registry.nodes(name))
 
 
-def keys(mgr, name: str):
+def keys(ops, name: str):
     """The cluster's ClusterKeys (identity + host key) from the key store, for client SSH."""
     validate_name(name)
-    mgr.preflight()
-    mgr.require(name)
-    return mgr.keystore.get_keys(name)
+    ops.preflight()
+    ops.require(name)
+    return ops.keystore.get_keys(name)
 
 
-def console_output(mgr, name: str, instance_id: str) -> str:
+def console_output(ops, name: str, instance_id: str) -> str:
     validate_name(name)
-    mgr.preflight()
-    instances = Instances(mgr.aws, name)
+    ops.preflight()
+    instances = Instances(ops.aws, name)
     if not instances.instances(states=None, ids=[instance_id]):
         raise UserError(
             f"{instance_id} is not a node of cluster {name!r}", "see 'ec2mpi status' for its nodes"

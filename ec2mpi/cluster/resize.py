@@ -10,16 +10,15 @@ from ..config import ClusterSpec, parse_count, validate_name
 from ..errors import CloudError, UserError
 from .create import placement_group
 from .inspect import cost_of
+from .inspect import status as inspect_status
 from .model import Removal
 from .wait import let_master_drop, wait_ready
 
-DRAIN_WAIT = 30.0   # s remove-nodes waits for the master's hostfile before terminating
 
-
-def ready_cluster(mgr, name: str) -> tuple[dict, ClusterSpec]:
+def ready_cluster(ops, name: str) -> tuple[dict, ClusterSpec]:
     validate_name(name)
-    mgr.preflight()
-    item = mgr.require(name)
+    ops.preflight()
+    item = ops.require(name)
     if item.get("status") != "ready":
         raise UserError(
             f"cluster {name!r} is {item.get('status')}",
@@ -28,21 +27,21 @@ def ready_cluster(mgr, name: str) -> tuple[dict, ClusterSpec]:
     return item, ClusterSpec.from_json(item["spec"])
 
 
-def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
+def add_nodes(ops, name: str, count: int, wait: bool, timeout: float) -> list:
     count = parse_count(count)
-    _item, spec = ready_cluster(mgr, name)
-    templates, instances = Templates(mgr.aws, name), Instances(mgr.aws, name)
+    _item, spec = ready_cluster(ops, name)
+    templates, instances = Templates(ops.aws, name), Instances(ops.aws, name)
     lt = templates.find_launch_template()
     if lt is None:
         raise CloudError(f"the launch template of cluster {name!r} is missing",
                          f"destroy and re-create the cluster: ec2mpi destroy {name}")
-    subnets = Network(mgr.aws, name).subnets(spec.subnet_ids)
-    pg = placement_group(mgr, templates, spec)
+    subnets = Network(ops.aws, name).subnets(spec.subnet_ids)
+    pg = placement_group(ops, templates, spec)
     ids = instances.launch(LaunchRequest(lt, count, uuid.uuid4().hex, spec.instance_types,
                                          tuple(subnets), spot=spec.spot, placement_group=pg))
-    mgr.say(0, len(ids), f"launched {len(ids)} node(s)")
+    ops.say(0, len(ids), f"launched {len(ids)} node(s)")
     if wait:
-        wait_ready(mgr, name, ids, timeout)
+        wait_ready(ops, name, ids, timeout)
     return ids
 
 
@@ -50,15 +49,15 @@ def add_nodes(mgr, name: str, count: int, wait: bool, timeout: float) -> list:
 _REMOVAL_ORDER = {"lost": 0, "terminated": 0, "draining": 1, "pending": 2, "booting": 2}
 
 
-def plan_removal(mgr, name: str, count: int | None = None,
+def plan_removal(ops, name: str, count: int | None = None,
                  instance_ids: list | None = None) -> Removal:
     """The one rule for which nodes a removal takes, and what they cost now. The prompt
     and the action both use it, so the nodes priced are the nodes removed."""
     if count is None and not instance_ids:
         raise UserError("remove-nodes needs a count or instance ids",
                         "e.g. remove-nodes 2, or --node i-0123")
-    ready_cluster(mgr, name)
-    st = mgr.status(name, with_cost=False)
+    ready_cluster(ops, name)
+    st = inspect_status(ops, name, with_cost=False)
     workers = [n for n in st.nodes if n.role != "master"]
     if instance_ids:
         known = {n.instance_id: n for n in st.nodes}
@@ -81,24 +80,24 @@ def plan_removal(mgr, name: str, count: int | None = None,
         newest_first = list(reversed(workers))     # status lists nodes in launch order
         chosen = sorted(newest_first, key=lambda n: _REMOVAL_ORDER.get(n.state, 3))[:count]
     return Removal(name, tuple(n.instance_id for n in chosen), tuple(chosen),
-                   cost_of(mgr, chosen).per_hour)
+                   cost_of(ops, chosen).per_hour)
 
 
-def remove(mgr, removal: Removal) -> list:
+def remove(ops, removal: Removal) -> list:
     """Drain (the master's hostfile drops them), terminate, deregister: exactly removal's nodes."""
     name, chosen = removal.cluster, list(removal.instance_ids)
-    instances = Instances(mgr.aws, name)
+    instances = Instances(ops.aws, name)
     live = {i.instance_id for i in instances.instances()}
-    registered = {n.instance_id for n in mgr.registry.nodes(name)}
+    registered = {n.instance_id for n in ops.registry.nodes(name)}
     for iid in chosen:
         if iid in registered:
-            mgr.registry.set_node_state(name, iid, "draining")
+            ops.registry.set_node_state(name, iid, "draining")
     if any(i in registered for i in chosen):
-        mgr.say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
-        let_master_drop(mgr, name, mgr.drain_wait)
+        ops.say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
+        let_master_drop(ops, name, ops.drain_wait)
     instances.terminate([i for i in chosen if i in live])
     for iid in chosen:
         if iid in registered:
-            mgr.registry.delete_node(name, iid)
-    mgr.say(len(chosen), len(chosen), f"removed {len(chosen)} node(s)")
+            ops.registry.delete_node(name, iid)
+    ops.say(len(chosen), len(chosen), f"removed {len(chosen)} node(s)")
     return chosen

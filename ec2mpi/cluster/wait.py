@@ -9,17 +9,17 @@ from ..errors import WaitTimeout
 log = logging.getLogger(__name__)
 
 
-def wait_ready(mgr, name: str, ids: list, timeout: float) -> None:
+def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
     """Until every id is 'ready' and the master's hostfile lists them (mpirun can use them)."""
     want = set(ids)
     deadline = time.monotonic() + timeout
     while True:
-        ready = {n.instance_id for n in mgr.registry.nodes(name) if n.state == "ready"} & want
-        mgr.say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
+        ready = {n.instance_id for n in ops.registry.nodes(name) if n.state == "ready"} & want
+        ops.say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
         if ready == want:
-            if hostfile_caught_up(mgr, name):
+            if hostfile_caught_up(ops, name):
                 return
-            mgr.say(len(ready), len(want), "waiting for the master's hostfile")
+            ops.say(len(ready), len(want), "waiting for the master's hostfile")
         if time.monotonic() >= deadline:
             if ready == want:
                 raise WaitTimeout(f"all {len(want)} node(s) are ready but the master's hostfile "
@@ -31,22 +31,22 @@ def wait_ready(mgr, name: str, ids: list, timeout: float) -> None:
                 f"{timeout:.0f}s: {', '.join(missing)}",
                 f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting",
             )
-        time.sleep(max(0.0, min(mgr.poll_interval, deadline - time.monotonic())))
+        time.sleep(max(0.0, min(ops.poll_interval, deadline - time.monotonic())))
 
 
-def hostfile_caught_up(mgr, name: str) -> bool:
+def hostfile_caught_up(ops, name: str) -> bool:
     """The master's watcher has written the hostfile for the current membership epoch."""
-    item = mgr.registry.get_cluster(name) or {}
+    item = ops.registry.get_cluster(name) or {}
     return item.get("hostfile_epoch", -1) >= item.get("epoch", 0)
 
 
-def let_master_drop(mgr, name: str, timeout: float) -> None:
+def let_master_drop(ops, name: str, timeout: float) -> None:
     """After draining: give the master's hostfile a moment to drop the nodes (bounded: a
     dead master must not block a removal)."""
     deadline = time.monotonic() + timeout
-    while not hostfile_caught_up(mgr, name):
+    while not hostfile_caught_up(ops, name):
         if time.monotonic() >= deadline:
             log.warning("the master's hostfile did not drop the drained nodes within %.0fs; "
                         "removing anyway", timeout)
             return
-        time.sleep(mgr.poll_interval)
+        time.sleep(ops.poll_interval)

@@ -11,7 +11,8 @@ from .. import userdirs
 from ..config import validate_name
 from ..errors import Ec2mpiError, UserError
 from .context import Context, Result
-from .table import Command, ParserExit, parse
+from .parser import ParserExit, parse
+from .table import Command
 
 EXIT_INTERRUPTED = 130
 

@@ -8,14 +8,12 @@ names, help, output and errors are the same in both faces.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import STORAGE_KINDS, parse_cidr, parse_count, parse_instance_types
-from ..errors import UserError
-from . import access, files, lifecycle, local, nodes
-from .context import GLOBAL_DESTS, Context, Result
+from . import access, files, help, lifecycle, local, nodes
+from .context import Context, Result
 
 
 @dataclass(frozen=True)
@@ -61,384 +59,110 @@ class Command:
     epilog: str = ""
 
 
+ON = {"action": "store_true", "default": False}   # a flag that is off unless given
+
 GLOBAL_ARGS = (
-    Arg(
-        ("--local",),
-        "use the local cloud on this machine (root) instead of AWS",
-        action="store_true",
-        default=False,
-    ),
+    Arg(("--local",), "use the local cloud on this machine (root) instead of AWS", **ON),
     Arg(("--profile",), "AWS profile to use", metavar="NAME"),
     Arg(("--region",), "AWS region to use", metavar="REGION"),
-    Arg(
-        ("-c", "--cluster"),
-        "cluster to act on (default: the only one, or the last one used)",
-        metavar="NAME",
-        complete="clusters",
-    ),
-    Arg(
-        ("--json",),
-        "machine-readable output on stdout (messages go to stderr)",
-        action="store_true",
-        default=False,
-    ),
-    Arg(("--yes", "-y"), "do not ask for confirmation", action="store_true", default=False),
-    Arg(
-        ("-v", "--verbose"),
-        "log every AWS call to stderr (and tracebacks of internal errors)",
-        action="store_true",
-        default=False,
-    ),
+    Arg(("-c", "--cluster"), "cluster to act on (default: the only one, or the last one used)",
+        metavar="NAME", complete="clusters"),
+    Arg(("--json",), "machine-readable output on stdout (messages go to stderr)", **ON),
+    Arg(("--yes", "-y"), "do not ask for confirmation", **ON),
+    Arg(("-v", "--verbose"), "log every AWS call to stderr (and tracebacks of internal errors)",
+        **ON),
 )
-
-
-
-
-class ParserExit(Exception):
-    """argparse wanted to exit (after --help): the face decides what that means."""
-
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and exiting."""
-
-    def error(self, message):
-        if message.startswith("argument COMMAND: invalid choice"):
-            word = message.split("'")[1] if "'" in message else "?"
-            raise UserError(f"unknown command {word!r}", "'help' lists the commands")
-        raise UserError(f"{self.prog}: {message}", f"see: {self.prog} --help")
-
-    def exit(self, status=0, message=None):
-        if message:
-            sys.stderr.write(message)
-        raise ParserExit(status)
-
-
-def build_parser(prog: str = "ec2mpi") -> Parser:
-    """argparse over the table; global options are accepted before and after the command."""
-    parser = Parser(
-        prog=prog,
-        description="MPI clusters on EC2 (spot by default), or on the local cloud.",
-        epilog="Run without a command on a terminal for the interactive shell.",
-    )
-    for arg in GLOBAL_ARGS:
-        arg.add_to(parser)
-    subs = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=Parser)
-    for cmd in COMMANDS.values():
-        sub = subs.add_parser(
-            cmd.name, help=cmd.help, description=cmd.help, epilog=cmd.epilog or None
-        )
-        groups: dict = {}
-        for arg in cmd.args:
-            target = sub
-            if arg.group:
-                if arg.group not in groups:
-                    groups[arg.group] = sub.add_mutually_exclusive_group()
-                target = groups[arg.group]
-            arg.add_to(target)
-        if cmd.remainder:
-            sub.set_defaults(**{cmd.remainder: []})
-        for arg in GLOBAL_ARGS:
-            arg.add_to(sub, suppress_default=True)
-    return parser
-
-
-def parse(argv: list[str], base: argparse.Namespace | None = None):
-    """argv -> (Namespace, Command or None). Everything after '--' goes to the command's remainder.
-
-    `base` supplies global options the line does not set (the shell's start-up options)."""
-    argv = list(argv)
-    rest = None
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1:]
-    args = build_parser().parse_args(argv)
-    command = COMMANDS.get(args.command_name) if args.command_name else None
-    if rest is not None:
-        if command is None or not command.remainder:
-            raise UserError(f"unexpected arguments after '--': {' '.join(rest)}",
-                            "only 'ssh NODE -- CMD' takes a command after '--'")
-        setattr(args, command.remainder, rest)
-    if base is not None:
-        for dest in GLOBAL_DESTS:
-            if getattr(args, dest, None) in (None, False) and getattr(base, dest, None) not in (
-                None,
-                False,
-            ):
-                setattr(args, dest, getattr(base, dest))
-    return args, command
-
-
-def cmd_help(ctx, a) -> Result:
-    if a.topic:
-        if a.topic not in COMMANDS:
-            raise UserError(f"no command {a.topic!r}", "type 'help' for the list of commands")
-        parser = build_parser()
-        sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
-        return Result(
-            {"command": a.topic, "help": COMMANDS[a.topic].help},
-            sub.choices[a.topic].format_help().rstrip(),
-        )
-    return Result([{"command": c.name, "help": c.help} for c in COMMANDS.values()], help_text())
-
-
-def help_text() -> str:
-    width = max(len(n) for n in COMMANDS)
-    lines = ["commands (help COMMAND for details):"]
-    lines += [f"  {c.name.ljust(width)}  {c.help}" for c in COMMANDS.values()]
-    lines.append("global options: " + ", ".join(a.flags[0] for a in GLOBAL_ARGS))
-    return "\n".join(lines)
-
 
 _WAIT_ARGS = (
-    Arg(
-        ("--no-wait",),
-        "return once launched, without waiting for nodes to be ready",
-        action="store_true",
-        default=False,
-    ),
-    Arg(
-        ("--timeout",),
-        "seconds to wait for nodes to be ready (default 900)",
-        type=float,
-        default=900.0,
-        metavar="SECONDS",
-    ),
+    Arg(("--no-wait",), "return once launched, without waiting for nodes to be ready", **ON),
+    Arg(("--timeout",), "seconds to wait for nodes to be ready (default 900)", type=float,
+        default=900.0, metavar="SECONDS"),
 )
 
+_CREATE_ARGS = (
+    Arg(("name",), "cluster name (a-z, 0-9, '-'); asked for in the shell when missing",
+        nargs="?", complete="new-cluster"),
+    Arg(("--nodes", "-n"), "number of nodes, master included (default 2)", type=parse_count,
+        metavar="N"),
+    Arg(("--instance-type", "-t"), "instance types, comma-separated, best first",
+        type=parse_instance_types, metavar="TYPES", dest="instance_type",
+        complete="instance_types"),
+    Arg(("--on-demand",), "on-demand instances instead of spot", action="store_const",
+        const=False, dest="spot", group="lifecycle"),
+    Arg(("--spot",), "spot instances (the default; overrides a template)",
+        action="store_const", const=True, dest="spot", group="lifecycle"),
+    Arg(("--storage",), "shared storage at /shared", choices=STORAGE_KINDS, complete="choices"),
+    Arg(("--ssh-cidr",), "addresses allowed to SSH in (default: yours)", type=parse_cidr,
+        metavar="CIDR"),
+    Arg(("--image",), "AMI id (default: latest Amazon Linux 2023)", metavar="AMI"),
+    Arg(("--placement-group",), "launch into a cluster placement group (low latency)",
+        action="store_const", const=True),
+    Arg(("--template",), "TOML cluster template (flags override it), e.g. examples/cluster.toml",
+        metavar="FILE", complete="files"),
+)
 
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
-        Command(
-            "create",
-            "create a cluster (spot by default) and wait for its nodes",
-            lifecycle.cmd_create,
-            (
-                Arg(
-                    ("name",),
-                    "cluster name (a-z, 0-9, '-'); asked for in the shell when missing",
-                    nargs="?",
-                    complete="new-cluster",
-                ),
-                Arg(
-                    ("--nodes", "-n"),
-                    "number of nodes, master included (default 2)",
-                    type=parse_count,
-                    metavar="N",
-                ),
-                Arg(
-                    ("--instance-type", "-t"),
-                    "instance types, comma-separated, best first",
-                    type=parse_instance_types,
-                    metavar="TYPES",
-                    dest="instance_type",
-                    complete="instance_types",
-                ),
-                Arg(
-                    ("--on-demand",),
-                    "on-demand instances instead of spot",
-                    action="store_const",
-                    const=False,
-                    dest="spot",
-                    group="lifecycle",
-                ),
-                Arg(
-                    ("--spot",),
-                    "spot instances (the default; overrides a template)",
-                    action="store_const",
-                    const=True,
-                    dest="spot",
-                    group="lifecycle",
-                ),
-                Arg(
-                    ("--storage",),
-                    "shared storage at /shared",
-                    choices=STORAGE_KINDS,
-                    complete="choices",
-                ),
-                Arg(
-                    ("--ssh-cidr",),
-                    "addresses allowed to SSH in (default: yours)",
-                    type=parse_cidr,
-                    metavar="CIDR",
-                ),
-                Arg(("--image",), "AMI id (default: latest Amazon Linux 2023)", metavar="AMI"),
-                Arg(
-                    ("--placement-group",),
-                    "launch into a cluster placement group (low latency)",
-                    action="store_const",
-                    const=True,
-                ),
-                Arg(
-                    ("--template",),
-                    "TOML cluster template (flags override it), e.g. examples/cluster.toml",
-                    metavar="FILE",
-                    complete="files",
-                ),
-            )
-            + _WAIT_ARGS,
-            waits=True,
-            epilog="Precedence: user defaults (config.toml [defaults]) < --template < flags.",
-        ),
-        Command(
-            "add-nodes",
-            "add N nodes to the cluster and wait for them",
-            nodes.cmd_add_nodes,
-            (Arg(("count",), "how many nodes to add", type=parse_count, metavar="N"),) + _WAIT_ARGS,
-            waits=True,
-        ),
-        Command(
-            "remove-nodes",
-            "remove N worker nodes, or the nodes named with --node",
-            nodes.cmd_remove_nodes,
-            (
-                Arg(
-                    ("count",),
-                    "how many worker nodes to remove",
-                    type=parse_count,
-                    nargs="?",
-                    metavar="N",
-                ),
-                Arg(
-                    ("--node",),
-                    "a node to remove (node-K, instance id or IP); repeatable",
-                    nargs="+",
-                    metavar="ID",
-                    complete="nodes",
-                ),
-            ),
-            destructive=True,
-        ),
-        Command("list", "list clusters (* marks the current one)", lifecycle.cmd_list),
-        Command(
-            "status",
-            "show the cluster's nodes, their state and the cost per hour",
-            lifecycle.cmd_status,
-        ),
-        Command(
-            "use",
-            "make NAME the cluster commands act on by default",
-            lifecycle.cmd_use,
-            (Arg(("name",), "cluster name", complete="clusters"),),
-        ),
-        Command("hostfile", "print the cluster's MPI hostfile", nodes.cmd_hostfile),
-        Command(
-            "ssh",
-            "log in to a node (default: the master), or run CMD there after '--'",
-            access.cmd_ssh,
-            (
-                Arg(
-                    ("node",),
-                    "master, node-K, an instance id or IP (default: master)",
-                    nargs="?",
-                    complete="nodes",
-                ),
-            ),
-            remainder="remote_command",
-            epilog="Example: ec2mpi ssh -- mpirun -np 8 hostname",
-        ),
-        Command(
-            "put",
-            "copy a local file or directory to the cluster's shared storage",
-            files.cmd_put,
-            (
+_NODE = Arg(("node",), "master, node-K, an instance id or IP (default: master)", nargs="?",
+            complete="nodes")
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("create", "create a cluster (spot by default) and wait for its nodes",
+            lifecycle.cmd_create, _CREATE_ARGS + _WAIT_ARGS, waits=True,
+            epilog="Precedence: user defaults (config.toml [defaults]) < --template < flags."),
+    Command("add-nodes", "add N nodes to the cluster and wait for them", nodes.cmd_add_nodes,
+            (Arg(("count",), "how many nodes to add", type=parse_count, metavar="N"),)
+            + _WAIT_ARGS, waits=True),
+    Command("remove-nodes", "remove N worker nodes, or the nodes named with --node",
+            nodes.cmd_remove_nodes, (
+                Arg(("count",), "how many worker nodes to remove", type=parse_count, nargs="?",
+                    metavar="N"),
+                Arg(("--node",), "a node to remove (node-K, instance id or IP); repeatable",
+                    nargs="+", metavar="ID", complete="nodes"),
+            ), destructive=True),
+    Command("list", "list clusters (* marks the current one)", lifecycle.cmd_list),
+    Command("status", "show the cluster's nodes, their state and the cost per hour",
+            lifecycle.cmd_status),
+    Command("use", "make NAME the cluster commands act on by default", lifecycle.cmd_use,
+            (Arg(("name",), "cluster name", complete="clusters"),)),
+    Command("hostfile", "print the cluster's MPI hostfile", nodes.cmd_hostfile),
+    Command("ssh", "log in to a node (default: the master), or run CMD there after '--'",
+            access.cmd_ssh, (_NODE,), remainder="remote_command",
+            epilog="Example: ec2mpi ssh -- mpirun -np 8 hostname"),
+    Command("put", "copy a local file or directory to the cluster's shared storage",
+            files.cmd_put, (
                 Arg(("local",), "local file or directory", complete="files"),
-                Arg(
-                    ("remote",),
-                    "destination, relative to the shared path (default: same name)",
-                    nargs="?",
-                ),
-            ),
-        ),
-        Command(
-            "get",
-            "copy a file or directory from the cluster's shared storage",
-            files.cmd_get,
-            (
-                Arg(("remote",), "source, relative to the shared path"),
-                Arg(
-                    ("local",),
-                    "local destination (default: same name here)",
-                    nargs="?",
-                    complete="files",
-                ),
-            ),
-        ),
-        Command(
-            "ssh-config",
+                Arg(("remote",), "destination, relative to the shared path (default: same name)",
+                    nargs="?"),
+            )),
+    Command("get", "copy a file or directory from the cluster's shared storage", files.cmd_get, (
+        Arg(("remote",), "source, relative to the shared path"),
+        Arg(("local",), "local destination (default: same name here)", nargs="?",
+            complete="files"),
+    )),
+    Command("ssh-config",
             "write the cluster's ssh files and print Host entries (NAME-master, NAME-node-K)",
-            access.cmd_ssh_config,
-        ),
-        Command(
-            "parallel-hosts",
-            "print a GNU parallel --sshloginfile for the ready nodes",
+            access.cmd_ssh_config),
+    Command("parallel-hosts", "print a GNU parallel --sshloginfile for the ready nodes",
             access.cmd_parallel_hosts,
-            epilog="Example: ec2mpi parallel-hosts > hosts; parallel --sshloginfile hosts ::: "
-                   "tasks...",
-        ),
-        Command(
-            "logs",
-            "show a node's boot log (or its console output)",
-            access.cmd_logs,
-            (
-                Arg(
-                    ("node",),
-                    "master, node-K or an instance id (default: master)",
-                    nargs="?",
-                    complete="nodes",
-                ),
-                Arg(
-                    ("--console",),
-                    "show the EC2 console output instead of the boot log",
-                    action="store_true",
-                    default=False,
-                ),
-            ),
-        ),
-        Command("cost", "estimate what the cluster costs per hour", lifecycle.cmd_cost),
-        Command(
-            "destroy",
-            "delete the cluster and everything it made (asks first)",
+            epilog="Example: ec2mpi parallel-hosts > hosts; "
+                   "parallel --sshloginfile hosts ::: tasks..."),
+    Command("logs", "show a node's boot log (or its console output)", access.cmd_logs, (
+        _NODE,
+        Arg(("--console",), "show the EC2 console output instead of the boot log", **ON),
+    )),
+    Command("cost", "estimate what the cluster costs per hour", lifecycle.cmd_cost),
+    Command("destroy", "delete the cluster and everything it made (asks first)",
             lifecycle.cmd_destroy,
-            (
-                Arg(
-                    ("name",),
-                    "the cluster to destroy (always named explicitly)",
-                    complete="clusters",
-                ),
-            ),
-            destructive=True,
-            waits=True,
-        ),
-        Command(
-            "local",
-            "the local cloud: up | down | status | interrupt ID | kill ID",
-            local.cmd_local,
-            (
-                Arg(
-                    ("action",),
-                    "what to do",
+            (Arg(("name",), "the cluster to destroy (always named explicitly)",
+                 complete="clusters"),), destructive=True, waits=True),
+    Command("local", "the local cloud: up | down | status | interrupt ID | kill ID",
+            local.cmd_local, (
+                Arg(("action",), "what to do",
                     choices=("up", "down", "status", "interrupt", "kill"),
-                    complete="choices",
-                ),
-                Arg(
-                    ("instance_id",),
-                    "instance to interrupt or kill",
-                    nargs="?",
-                    metavar="ID",
-                    complete="nodes",
-                ),
-            ),
-        ),
-        Command(
-            "help",
-            "list the commands, or explain one",
-            cmd_help,
-            (Arg(("topic",), "a command name", nargs="?", metavar="COMMAND", complete="commands"),),
-        ),
-    )
-}
+                    complete="choices"),
+                Arg(("instance_id",), "instance to interrupt or kill", nargs="?", metavar="ID",
+                    complete="nodes"),
+            )),
+    Command("help", "list the commands, or explain one", help.cmd_help,
+            (Arg(("topic",), "a command name", nargs="?", metavar="COMMAND",
+                 complete="commands"),)),
+)}

@@ -37,7 +37,7 @@ def aws(controlplane):
 
 def manager(aws, progress=None):
     mgr = ClusterManager(aws, progress=progress)
-    mgr.poll_interval = 0.1
+    mgr.ops.poll_interval = 0.1
     return mgr
 
 
@@ -449,7 +449,7 @@ def test_a_removal_prices_exactly_the_nodes_it_removes_lost_ones_first(aws, clus
     mgr = manager(aws)
     mgr.create(ClusterSpec(cluster_name, nodes=4, ssh_cidr=CIDR, storage="none"), wait=False)
     ids = live_ids(aws, cluster_name)                  # launch order: master, w1, w2, w3
-    mgr.drain_wait = 0.5                               # no master watcher runs here
+    mgr.ops.drain_wait = 0.5                             # no master watcher runs here
     play_agents(aws, cluster_name, ids)
     aws.client("ec2").terminate_instances(InstanceIds=[ids[1]])   # the oldest worker is lost
     plan = mgr.plan_removal(cluster_name, count=2)
