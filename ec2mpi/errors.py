@@ -57,5 +57,6 @@ def explain_client_error(operation: str, err: Exception) -> CloudError:
     }
     return CloudError(
         f"AWS refused {operation}: {code}: {msg}",
-        hints.get(code, "check the message above, then retry; ec2mpi resumes where it stopped"),
+        hints.get(code, "check the message above, then re-run the same command: it resumes "
+                        "where it stopped"),
     )

@@ -29,7 +29,7 @@ def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
             raise WaitTimeout(
                 f"{len(missing)} of {len(want)} node(s) not ready after "
                 f"{timeout:.0f}s: {', '.join(missing)}",
-                f"see 'ec2mpi console {missing[0]} -c {name}'; the nodes keep booting",
+                f"they keep booting; see why with: ec2mpi logs {missing[0]} --console -c {name}",
             )
         time.sleep(max(0.0, min(ops.poll_interval, deadline - time.monotonic())))
 

@@ -25,13 +25,15 @@ class Result:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per change
-    otherwise)."""
+    """A one-line progress bar on stderr: redrawn in place on a terminal; otherwise a new line
+    only when the step (done/total) changes, or a message not yet shown for this step comes
+    (so two alternating messages of one step do not print a line per poll)."""
 
     def __init__(self, stream, what: str):
         self.stream, self.what = stream, what
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self._last = None
+        self._step = None
+        self._shown_messages: set = set()
         self._lock = threading.Lock()
         self.shown = False
 
@@ -41,11 +43,16 @@ class ProgressBar:
             with self._lock:
                 if self.tty:
                     self.stream.write("\r" + line[:200] + "\x1b[K")
-                elif (done, total, message) != self._last:
+                else:
+                    if (done, total) != self._step:
+                        self._step, self._shown_messages = (done, total), set()
+                    if message in self._shown_messages:
+                        return
+                    self._shown_messages.add(message)
                     self.stream.write(line + "\n")
                 self.stream.flush()
-                self._last, self.shown = (done, total, message), True
-        except Exception:  # noqa: BLE001, S110 - progress must never break the operation it reports on
+                self.shown = True
+        except Exception:  # noqa: BLE001, S110 - progress must never break what it reports on
             pass
 
     def finish(self) -> None:

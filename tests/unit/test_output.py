@@ -182,3 +182,43 @@ def test_config_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("EC2MPI_CONFIG_DIR")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert userdirs.config_dir() == tmp_path / "ec2mpi"
+
+
+def test_progress_without_a_terminal_prints_a_line_per_step_not_per_poll():
+    import io
+    out = io.StringIO()
+    bar = commands.ProgressBar(out, "create demo")
+    for _ in range(5):   # create's wait alternates these two messages once per poll
+        bar(4, 4, "4/4 nodes ready")
+        bar(4, 4, "waiting for the master's hostfile")
+    bar(5, 5, "done")
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "4/4 4/4 nodes ready", "4/4 waiting for the master's hostfile", "5/5 done"]
+
+
+def test_every_hint_that_names_an_ec2mpi_command_names_a_real_one():
+    """Walk every string given to an error (message and hint), to explain_client_error's hint
+    table and to ctx.say: `ec2mpi WORD` must be a command of the table."""
+    import ast
+    import re
+    from pathlib import Path
+    root = Path(commands.__file__).resolve().parents[1]
+    sinks = ("Error", "Timeout", "NoSuchCluster", "ClusterExists", "say")
+    strings = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
+                if name.endswith(sinks):
+                    strings += [(path.name, c.value) for a in node.args for c in ast.walk(a)
+                                if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            if isinstance(node, ast.Dict) and path.name == "errors.py":
+                strings += [(path.name, v.value) for v in node.values
+                            if isinstance(v, ast.Constant)]
+    named = [(f, m.group(1), s) for f, s in strings
+             for m in re.finditer(r"\bec2mpi (?:(?:--?[a-z-]+|-c \S+) )*([a-z][a-z-]*)", s)]
+    assert len(named) > 20          # the walk found the hints
+    wrong = [(f, word, s) for f, word, s in named if word not in commands.COMMANDS]
+    assert wrong == []
