@@ -199,3 +199,25 @@ def test_shell_start_up_cluster_becomes_the_remembered_one():
         shell = Shell(args, input=inp, output=DummyOutput(), background=False)
         assert userdirs.last_cluster() == "demo" and shell.base.cluster is None
         assert shell.run() == 0
+
+
+def test_tab_right_after_typing_completes_a_single_candidate():
+    """'li' then Tab at once (a completion for 'li' is still running) must give 'list'."""
+    import threading
+    seen = []
+    with create_pipe_input() as inp:
+        shell = Shell(input=inp, output=DummyOutput(), background=False)
+
+        def typist():
+            deadline = time.time() + 10
+            while not shell.session.app.is_running and time.time() < deadline:
+                time.sleep(0.02)
+            inp.send_text("li\t")
+            deadline = time.time() + 5
+            while shell.session.app.current_buffer.text != "list" and time.time() < deadline:
+                time.sleep(0.02)
+            seen.append(shell.session.app.current_buffer.text)
+            shell.session.app.exit(result="")
+        threading.Thread(target=typist, daemon=True).start()
+        shell.session.prompt("> ")
+    assert seen == ["list"]
