@@ -130,8 +130,11 @@ class ClusterSpec:
                             f"known settings: {', '.join(sorted(known))}")
         return cls(**data)
 
+    def to_mapping(self) -> dict:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.to_mapping(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ClusterSpec:

@@ -20,6 +20,9 @@ _SAFE_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    # AWS's check-IP service is never asked: the `checkip` fixture serves a stub; until it
+    # runs (and in anything that escapes it) the URL points at a port that refuses.
+    "EC2MPI_CHECKIP_URL": "http://127.0.0.1:9/",
 }
 
 
@@ -28,6 +31,47 @@ def pytest_configure(config):
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         os.environ.pop(var, None)
     os.environ.update(_SAFE_ENV)
+
+
+class CheckIpStub:
+    """Stands in for https://checkip.amazonaws.com/: answers `reply` (a documentation address
+    by default), or nothing at all when `reply` is None."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        stub = self
+        self.reply = "198.51.100.23"
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub.requests += 1
+                if stub.reply is None:
+                    self.close_connection = True
+                    return
+                body = (stub.reply + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkip():
+    """Every test (and every process it starts) asks this stub for 'your public address'."""
+    stub = CheckIpStub()
+    os.environ["EC2MPI_CHECKIP_URL"] = stub.url
+    yield stub
+    stub.server.shutdown()
+    stub.reply = "198.51.100.23"
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,10 @@ the launch is keyed by a token stored in the registry before anything is launche
 """
 from __future__ import annotations
 
-import ipaddress
 import uuid
-from urllib.parse import urlparse
 
 from .. import __version__, selfwheel
+from ..aws.checkip import checkip_url, public_ipv4
 from ..aws.iam import NodeRole, node_policy
 from ..aws.instances import Instances, LaunchRequest
 from ..aws.network import Network
@@ -25,26 +24,63 @@ from .wait import wait_ready
 
 
 def create(ops, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
+    """Create the cluster, resume a half-made one, or, for one that exists with the same
+    settings, just wait for its nodes: re-running create is always safe."""
     region = ops.preflight()
+    item = ops.registry.get_cluster(spec.name) if ops.table_exists() else None
+    if item is not None and not spec.ssh_cidr:   # a re-run keeps the cluster's SSH range
+        spec = spec.replace(ssh_cidr=ClusterSpec.from_json(item["spec"]).ssh_cidr)
     spec = complete_spec(ops, spec)
-    run = Creation(ops, spec, region)
+    if item is not None and item.get("status") not in ("creating", "destroying"):
+        return existing(ops, item, spec, wait, timeout)
+    run = Creation(ops, spec, region, item)
     run.check()
     run_steps(run.steps(wait, timeout), ops.say)
     return inspect_status(ops, spec.name)
 
 
+def differences(old: ClusterSpec, new: ClusterSpec) -> list[str]:
+    """'nodes 4 (asked 6)', one per setting that differs."""
+    mine, theirs = old.to_mapping(), new.to_mapping()
+    return [f"{key.replace('_', '-')} {_show(mine[key])} (asked {_show(theirs[key])})"
+            for key in mine if mine[key] != theirs[key]]
+
+
+def _show(value) -> str:
+    return ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def existing(ops, item: dict, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
+    """create on a cluster that exists: the same settings wait for it; others are refused."""
+    stored = ClusterSpec.from_json(item["spec"])
+    diff = differences(stored, spec)
+    if diff:
+        raise UserError(f"cluster {spec.name!r} already exists with different settings: "
+                        + "; ".join(diff),
+                        f"change its size with 'ec2mpi resize N -c {spec.name}', or "
+                        f"'ec2mpi destroy {spec.name}' first")
+    ops.say(0, 0, f"cluster {spec.name} already exists with these settings")
+    if wait:
+        members = [n.instance_id for n in inspect_status(ops, spec.name, with_cost=False).nodes
+                   if n.state not in ("lost", "terminated", "draining")]
+        wait_ready(ops, spec.name, members, timeout)
+    status = inspect_status(ops, spec.name)
+    status.notice = f"cluster {spec.name} already existed with these settings; nothing new was made"
+    return status
+
+
 def complete_spec(ops, spec: ClusterSpec) -> ClusterSpec:
-    """Fill what the user left out and we can know without asking the network."""
+    """Fill what the user left out: SSH is opened to the caller's own public address, found
+    with one short request to AWS's check-IP service; never to 0.0.0.0/0."""
     if spec.ssh_cidr:
         return spec
-    host = urlparse(ops.aws.endpoint_url or "").hostname
+    ops.say(0, 0, "finding your public address (for --ssh-cidr)")
     try:
-        ip = ipaddress.ip_address(host or "")
-    except ValueError:
-        raise UserError("cannot tell which address you will SSH from",
-                        "pass --ssh-cidr YOUR.IP/32 (your public address)") from None
-    # an explicit endpoint by IP is a local cloud: its nodes see us at that address
-    return spec.replace(ssh_cidr=f"{ip}/{ip.max_prefixlen}")
+        address = public_ipv4()
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot find your public address at {checkip_url()} ({err})",
+                        "pass --ssh-cidr YOUR.IP/32 (the address you SSH from)") from err
+    return spec.replace(ssh_cidr=f"{address}/32")
 
 
 def placement_group(ops, templates: Templates, spec: ClusterSpec) -> str | None:
@@ -59,12 +95,11 @@ def placement_group(ops, templates: Templates, spec: ClusterSpec) -> str | None:
 class Creation:
     """One run of create: the state its steps hand to each other."""
 
-    def __init__(self, ops, spec: ClusterSpec, region: str):
-        self.ops, self.spec, self.region = ops, spec, region
+    def __init__(self, ops, spec: ClusterSpec, region: str, item: dict | None):
+        self.ops, self.spec, self.region, self.item = ops, spec, region, item
         self.network = Network(ops.aws, spec.name)
         self.templates = Templates(ops.aws, spec.name)
         self.instances = Instances(ops.aws, spec.name)
-        self.item: dict | None = None
         self.subnets: list = []
         self.sg = self.profile_arn = self.wheel_key = self.lt = ""
         self.storage_id = ""
@@ -74,26 +109,21 @@ class Creation:
         """Everything that can refuse before anything is made."""
         self.templates.check_instance_types(self.spec.instance_types)
         self.subnets = self.network.subnets(self.spec.subnet_ids)
-        if self.ops.table_exists():
-            self.item = self.ops.registry.get_cluster(self.spec.name)
         if self.item is not None:
             self._check_resumable(self.item)
 
     def _check_resumable(self, item: dict) -> None:
         name, status = self.spec.name, item.get("status")
-        if status == "creating" and item.get("spec") == self.spec.to_json():
-            self.ops.say(0, 0, f"resuming the half-made cluster {name}")
-            return
-        if status == "creating":
-            raise UserError(
-                f"cluster {name!r} is half-created with different settings",
-                f"re-run create with the same settings, or 'ec2mpi destroy {name}' first",
-            )
         if status == "destroying":
             raise UserError(f"cluster {name!r} is being destroyed",
                             f"re-run 'ec2mpi destroy {name}' first")
-        raise UserError(f"cluster {name!r} already exists",
-                        f"pick another name, or 'ec2mpi destroy {name}' first")
+        diff = differences(ClusterSpec.from_json(item["spec"]), self.spec)
+        if diff:
+            raise UserError(f"cluster {name!r} is half-created with different settings: "
+                            + "; ".join(diff),
+                            f"re-run create with the same settings, or destroy it first: "
+                            f"ec2mpi destroy {name}")
+        self.ops.say(0, 0, f"resuming the half-made cluster {name}")
 
     def steps(self, wait: bool, timeout: float) -> list:
         return [

@@ -16,7 +16,7 @@ from . import inspect as _inspect
 from . import resize as _resize
 from . import wait as _wait
 from .base import Orchestrator
-from .model import ClusterStatus, CostEstimate, DestroyReport, ProgressFn, Removal
+from .model import ClusterStatus, CostEstimate, DestroyReport, ProgressFn, Removal, Resize
 
 
 class ClusterManager:
@@ -31,6 +31,10 @@ class ClusterManager:
 
     def add_nodes(self, name: str, count: int, wait: bool = True, timeout: float = 900.0) -> list:
         return _resize.add_nodes(self.ops, name, count, wait, timeout)
+
+    def resize(self, name: str, target: int, wait: bool = True, timeout: float = 900.0,
+               confirm=None) -> Resize:
+        return _resize.resize(self.ops, name, target, wait, timeout, confirm)
 
     def plan_removal(self, name: str, count: int | None = None,
                      instance_ids: list | None = None) -> Removal:

@@ -57,6 +57,7 @@ class ClusterStatus:
     epoch: int
     nodes: list = field(default_factory=list)   # list[NodeStatus], master first
     cost: CostEstimate | None = None
+    notice: str = ""              # a line for the user (e.g. create found it already made)
 
     @property
     def ready(self) -> int:
@@ -83,6 +84,17 @@ class Removal:
     instance_ids: tuple
     nodes: tuple                  # their NodeStatus, in the same order
     per_hour: float               # USD/h saved (lost nodes bill nothing)
+
+
+@dataclass
+class Resize:
+    """What a resize did: nodes added and removed to reach `target` from `before`."""
+    cluster: str
+    target: int
+    before: int
+    added: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    cancelled: bool = False
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Grow and shrink a running cluster: add-nodes, remove-nodes."""
+"""Grow and shrink a running cluster: add-nodes, resize, plan_removal and remove."""
 from __future__ import annotations
 
 import uuid
@@ -11,7 +11,7 @@ from ..errors import CloudError, UserError
 from .create import placement_group
 from .inspect import cost_of
 from .inspect import status as inspect_status
-from .model import Removal
+from .model import Removal, Resize
 from .wait import let_master_drop, wait_ready
 
 
@@ -30,6 +30,15 @@ def ready_cluster(ops, name: str) -> tuple[dict, ClusterSpec]:
 def add_nodes(ops, name: str, count: int, wait: bool, timeout: float) -> list:
     count = parse_count(count)
     _item, spec = ready_cluster(ops, name)
+    ids = launch(ops, name, spec, count, uuid.uuid4().hex)
+    if wait:
+        wait_ready(ops, name, ids, timeout)
+    return ids
+
+
+def launch(ops, name: str, spec: ClusterSpec, count: int, token: str) -> list:
+    """`count` instances of launch `token` from the cluster's template (those already made
+    by an earlier try of the same token count): returns the token's instance ids."""
     templates, instances = Templates(ops.aws, name), Instances(ops.aws, name)
     lt = templates.find_launch_template()
     if lt is None:
@@ -37,13 +46,46 @@ def add_nodes(ops, name: str, count: int, wait: bool, timeout: float) -> list:
                          f"destroy and re-create the cluster: ec2mpi destroy {name}")
     subnets = Network(ops.aws, name).subnets(spec.subnet_ids)
     pg = placement_group(ops, templates, spec)
-    ids = instances.launch(LaunchRequest(lt, count, uuid.uuid4().hex, spec.instance_types,
-                                         tuple(subnets), spot=spec.spot, placement_group=pg))
+    ids = instances.launch(LaunchRequest(lt, count, token, spec.instance_types, tuple(subnets),
+                                         spot=spec.spot, placement_group=pg))
     ops.say(0, len(ids), f"launched {len(ids)} node(s)")
-    if wait:
-        wait_ready(ops, name, ids, timeout)
     return ids
 
+
+def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None) -> Resize:
+    """Set the node count (master included) to `target`: launch or remove the difference.
+
+    Idempotent: the target and a launch token are recorded before anything is launched, so
+    a re-run after a crash counts what that try already launched and never launches twice.
+    `confirm(removal)` is asked before nodes are removed (False keeps them)."""
+    target = parse_count(target, "node count")
+    item, spec = ready_cluster(ops, name)
+    members = [n for n in inspect_status(ops, name, with_cost=False).nodes
+               if n.state not in GONE]
+    plan = item.get("resize") or {}
+    if plan.get("target") != target or not plan.get("token"):
+        plan = {"target": target, "token": uuid.uuid4().hex}
+        ops.registry.update_cluster(name, resize=plan)
+    result = Resize(name, target, len(members))
+    if len(members) < target:
+        made = Instances(ops.aws, name).instances(launch_token=plan["token"])
+        others = [n for n in members if n.instance_id not in {i.instance_id for i in made}]
+        ids = launch(ops, name, spec, target - len(others), plan["token"])
+        result.added = [i for i in ids if i not in {n.instance_id for n in members}]
+    elif len(members) > target:
+        removal = plan_removal(ops, name, count=len(members) - target)
+        if confirm is not None and not confirm(removal):
+            result.cancelled = True
+            return result
+        result.removed = remove(ops, removal)
+    if wait:   # also after a crashed try: its nodes are members now, perhaps not ready yet
+        live = [n.instance_id for n in inspect_status(ops, name, with_cost=False).nodes
+                if n.state not in GONE]
+        wait_ready(ops, name, live, timeout)
+    return result
+
+
+GONE = ("lost", "terminated", "draining")   # members that no longer count toward the size
 
 # Which nodes a removal takes first: those already gone or going, then the newest.
 _REMOVAL_ORDER = {"lost": 0, "terminated": 0, "draining": 1, "pending": 2, "booting": 2}

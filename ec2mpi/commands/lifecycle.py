@@ -58,7 +58,10 @@ def cmd_create(ctx: Context, a) -> Result:
     finally:
         bar.finish()
     userdirs.remember_cluster(spec.name)
-    return Result(output.to_data(status), output.format_status(status))
+    text = output.format_status(status) + f"\nssh: open to {status.spec.ssh_cidr} only"
+    if status.notice:
+        text = status.notice + "\n" + text
+    return Result(output.to_data(status), text)
 
 
 def cmd_destroy(ctx, a) -> Result:

@@ -46,6 +46,31 @@ def cmd_remove_nodes(ctx, a) -> Result:
                   f"(saves {output.money(plan.per_hour)})")
 
 
+def cmd_resize(ctx, a) -> Result:
+    name = ctx.cluster_name()
+    bar = ctx.progress(f"resize {name}")
+
+    def confirm(plan) -> bool:
+        states = ", ".join(f"{n.instance_id} ({n.state})" for n in plan.nodes)
+        return ctx.confirm(f"remove {len(plan.instance_ids)} node(s) from cluster {name}: "
+                           f"{states}; saving about {output.money(plan.per_hour)}?")
+    try:
+        done = ctx.manager(progress=bar).resize(name, a.count, wait=not a.no_wait,
+                                                 timeout=a.timeout, confirm=confirm)
+    finally:
+        bar.finish()
+    if done.cancelled:
+        return Result(output.to_data(done), "nothing removed", status=0)
+    change = f"cluster {name}: {done.before} -> {done.target} nodes"
+    if done.added:
+        text = f"{change} (added {', '.join(done.added)})"
+    elif done.removed:
+        text = f"{change} (removed {', '.join(done.removed)})"
+    else:
+        text = f"cluster {name} has {done.target} node(s) already; nothing to do"
+    return Result(output.to_data(done), text)
+
+
 def cmd_hostfile(ctx, a) -> Result:
     name = ctx.cluster_name()
     text = ctx.manager().hostfile(name)

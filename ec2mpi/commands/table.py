@@ -118,6 +118,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                 Arg(("--node",), "a node to remove (node-K, instance id or IP); repeatable",
                     nargs="+", metavar="ID", complete="nodes"),
             ), destructive=True),
+    Command("resize", "set the number of nodes (master included): adds or removes the difference",
+            nodes.cmd_resize,
+            (Arg(("count",), "the node count to reach", type=parse_count, metavar="N"),)
+            + _WAIT_ARGS, waits=True,
+            epilog="Safe to re-run: a resize interrupted by Ctrl-C or a crash never launches "
+                   "twice. Shrinking asks first (or --yes) and removes lost, draining, then the "
+                   "newest nodes."),
     Command("list", "list clusters (* marks the current one)", lifecycle.cmd_list),
     Command("status", "show the cluster's nodes, their state and the cost per hour",
             lifecycle.cmd_status),

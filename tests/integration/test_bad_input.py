@@ -119,18 +119,36 @@ def test_unknown_region(aws, cluster_name):
     assert "mars-north-9" in str(err)
 
 
-def test_ssh_cidr_is_required_against_aws(aws, cluster_name):
-    real = AwsSession(region="us-east-1")  # no explicit endpoint: we will not guess an address
-    err = refused(aws, lambda: mgr(real).create(ClusterSpec(cluster_name, nodes=1)))
-    assert "--ssh-cidr" in str(err)
+def test_without_ssh_cidr_and_no_public_address_create_refuses(aws, cluster_name, checkip):
+    checkip.reply = "not an address"
+    try:
+        err = refused(aws, lambda: mgr(aws).create(ClusterSpec(cluster_name, nodes=1)))
+        assert "--ssh-cidr" in str(err) and err.exit_status == 2
+        checkip.reply = "10.0.0.7"          # a private address is not where SSH comes from
+        err = refused(aws, lambda: mgr(aws).create(ClusterSpec(cluster_name, nodes=1)))
+        assert "--ssh-cidr" in str(err)
+        checkip.reply = None                # the service does not answer
+        err = refused(aws, lambda: mgr(aws).create(ClusterSpec(cluster_name, nodes=1)))
+        assert "--ssh-cidr" in str(err) and "0.0.0.0" not in str(err)
+    finally:
+        checkip.reply = "198.51.100.23"
 
 
-def test_name_taken(aws, existing):
-    refused(
+def test_name_taken_with_other_settings_names_the_differences(aws, existing):
+    err = refused(
         aws,
-        lambda: mgr(aws).create(ClusterSpec(existing, nodes=1, ssh_cidr=CIDR, storage="none")),
-        match="already exists",
+        lambda: mgr(aws).create(ClusterSpec(existing, nodes=3, ssh_cidr=CIDR, storage="efs")),
+        match="already exists with different settings",
     )
+    assert "nodes 1 (asked 3)" in str(err) and "storage none (asked efs)" in str(err)
+    assert "ec2mpi resize" in str(err)
+
+
+def test_create_again_with_the_same_settings_makes_nothing_and_says_so(aws, existing):
+    before = world(aws)
+    st = mgr(aws).create(ClusterSpec(existing, nodes=1, storage="none"), wait=False)
+    assert "already existed" in st.notice and st.spec.ssh_cidr == CIDR   # its own SSH range
+    assert world(aws) == before
 
 
 def test_missing_cluster(aws, cluster_name):

@@ -267,3 +267,20 @@ def test_remote_commands_on_the_local_cloud(capsys, cluster_name, tmp_path):
     finally:
         status, _, err = run_cli(capsys, "--local", "--yes", "destroy", name)
         assert status == 0, err
+
+
+def test_create_re_run_waits_and_exits_0_and_other_settings_exit_2(controlplane, cluster_name,
+                                                                    capsys):
+    args = ("create", cluster_name, "--nodes", "1", "--storage", "none", "--no-wait")
+    status, out, err = run_cli(capsys, *args)
+    assert status == 0, err
+    assert "ssh: open to 198.51.100.23/32 only" in out      # the check-IP stub's answer
+    try:
+        status, out, err = run_cli(capsys, *args)
+        assert status == 0, err
+        assert out.startswith(f"cluster {cluster_name} already existed with these settings")
+        status, out, err = run_cli(capsys, "create", cluster_name, "--nodes", "2", "--storage",
+                                   "none", "--no-wait")
+        assert status == 2 and "nodes 1 (asked 2)" in err and "ec2mpi resize" in err
+    finally:
+        run_cli(capsys, "--yes", "destroy", cluster_name)

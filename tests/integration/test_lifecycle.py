@@ -272,8 +272,8 @@ def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at
     }
     assert Registry(aws).get_cluster(cluster_name)["status"] == "ready" and len(st.nodes) == 3
     assert len(Network(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
-    with pytest.raises(UserError, match="already exists"):
-        manager(aws).create(spec, wait=False)
+    again = manager(aws).create(spec, wait=False)          # re-run once more: nothing new
+    assert "already existed" in again.notice and live_ids(aws, cluster_name) == after
     assert manager(aws).destroy(cluster_name).leftovers == []
 
 
@@ -464,4 +464,41 @@ def test_a_removal_prices_exactly_the_nodes_it_removes_lost_ones_first(aws, clus
     )
     with pytest.raises(UserError, match="master cannot be removed"):
         mgr.plan_removal(cluster_name, instance_ids=[ids[0]])
+    assert mgr.destroy(cluster_name).leftovers == []
+
+
+def test_create_without_ssh_cidr_opens_ssh_to_the_callers_address_only(aws, cluster_name, checkip):
+    before = checkip.requests
+    st = manager(aws).create(ClusterSpec(cluster_name, nodes=1, storage="none"), wait=False)
+    assert checkip.requests == before + 1 and st.spec.ssh_cidr == "198.51.100.23/32"
+    rules = Network(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))
+    ssh = [r for r in rules if r.get("FromPort") == 22]
+    assert [ip["CidrIp"] for r in ssh for ip in r["IpRanges"]] == ["198.51.100.23/32"]
+    assert manager(aws).destroy(cluster_name).leftovers == []
+
+
+def test_resize_is_idempotent_and_never_launches_twice(aws, cluster_name):
+    mgr = manager(aws)
+    mgr.ops.drain_wait = 0.5                               # no master watcher runs here
+    mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
+    play_agents(aws, cluster_name, live_ids(aws, cluster_name))
+
+    def crash(done, total, message):
+        if message.startswith("launched"):
+            raise Crash(message)
+    with pytest.raises(Crash):                             # killed right after its launch call
+        manager(aws, progress=crash).resize(cluster_name, 4, wait=False)
+    assert len(live_ids(aws, cluster_name)) == 4
+    again = mgr.resize(cluster_name, 4, wait=False)        # the re-run launches nothing
+    assert len(live_ids(aws, cluster_name)) == 4 and again.added == [] and again.before == 4
+    assert mgr.resize(cluster_name, 4, wait=False).added == []
+    ids = live_ids(aws, cluster_name)
+    play_agents(aws, cluster_name, ids[2:])
+    asked = []
+    kept = mgr.resize(cluster_name, 3, wait=False, confirm=lambda plan: asked.append(plan) or False)
+    assert kept.cancelled and len(live_ids(aws, cluster_name)) == 4 and len(asked) == 1
+    down = mgr.resize(cluster_name, 3, wait=False, confirm=lambda plan: True)
+    assert down.removed == [ids[3]] and live_ids(aws, cluster_name) == ids[:3]
+    up = mgr.resize(cluster_name, 5, wait=False)
+    assert len(up.added) == 2 and len(live_ids(aws, cluster_name)) == 5
     assert mgr.destroy(cluster_name).leftovers == []
