@@ -114,8 +114,10 @@ def format_destroy(name: str, report) -> str:
 
 
 def progress_bar(done: int, total: int, message: str = "", width: int = 30) -> str:
-    """'[#########.....]  3/8 message' — the text of one progress line."""
-    total = max(total, 0)
+    """'[#########.....]  3/8 message' — the text of one progress line; with total 0 (a step
+    that is not counted, e.g. a note) just the message."""
+    if total <= 0:
+        return message
     frac = 1.0 if total == 0 else min(max(done / total, 0.0), 1.0)
     filled = round(frac * width)
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {message}".rstrip()

@@ -120,10 +120,20 @@ def have_root_namespaces() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def leave_the_local_cloud_as_found():
-    """Tests share the machine's local cloud; if the suite started it, the suite stops it."""
+def local_cloud_state():
+    """The suite's local cloud starts from nothing: a state directory that does not exist yet
+    (under /var/tmp, since nodes hide /tmp), so its node image is built from scratch too,
+    unless EC2MPI_LOCAL_STATE names one. The suite stops the local cloud if it started it."""
+    import tempfile
+    from pathlib import Path
+    made = None
+    if os.geteuid() == 0 and not os.environ.get("EC2MPI_LOCAL_STATE"):
+        made = Path(tempfile.mkdtemp(prefix="ec2mpi-test-", dir="/var/tmp")) / "state"
+        os.environ["EC2MPI_LOCAL_STATE"] = str(made)
     from ec2mpi.localcloud import control
     was_up = os.geteuid() == 0 and control.status() is not None
-    yield
+    yield {"fresh": made, "existed_before": bool(made and made.exists())}
     if os.geteuid() == 0 and not was_up and control.status() is not None:
         control.down()
+    if made is not None:
+        shutil.rmtree(made.parent, ignore_errors=True)

@@ -121,16 +121,15 @@ def ensure_up(progress=None) -> LocalCloudInfo:
     progress(done, total, message), the same convention as cluster.ProgressFn.
     """
     report = progress or (lambda done, total, message: None)
-    steps = iter(range(1, 100))
 
-    def progress(message: str) -> None:
-        report(next(steps), 4, message)
+    def progress(message: str) -> None:   # uncounted: how many steps depends on what exists
+        report(0, 0, message)
     require_root()
     state = state_dir()
     with _lock(MACHINE_LOCK):
         _refuse_foreign(state)
         from .image import ensure_image
-        ensure_image(progress, work_dir=state)  # new nodes always run exactly this client's build
+        ensure_image(progress, state)  # new nodes always run exactly this client's build
         info = _read_info(state)
         if info and _daemon_alive(info.pid) and nodes.bridge_ready():
             return info

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from . import nodes
 from .control import REGION, LocalCloudInfo, session
+from .image import image_dir
+from .names import NameServer
 
 POLL = 0.25            # how often the node runner looks at moto's instances (s)
 TERM_GRACE = 3.0       # SIGTERM -> SIGKILL on instance termination, like a shutdown
@@ -77,6 +79,7 @@ class Daemon:
             sys.exit(2)
         self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY)
         self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
+        self.names = NameServer(nodes.RESOLVER, 53, self.views.__contains__, REGION).start()
         info = LocalCloudInfo(endpoint=self.cp.endpoint, ca_path=self.cp.ca_path, region=REGION,
                               ssh_cidr=nodes.SUBNET, state_dir=str(self.state), pid=os.getpid(),
                               imds=self.imds.url, started=time.time())
@@ -162,7 +165,8 @@ class Daemon:
         iid, ip = inst["InstanceId"], inst["PrivateIpAddress"]
         attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
         user_data = base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
-        node = nodes.Node(self.nodes_root, iid, ip)
+        node = nodes.Node(self.nodes_root, iid, ip, prefix=image_dir(self.state),
+                          resolver=nodes.RESOLVER, region=REGION)
         self.views[ip] = InstanceView(
             instance_id=iid,
             private_ip=ip,
@@ -266,6 +270,7 @@ class Daemon:
         for iid in list(self.running):
             self.stop_node(iid, graceful=False)
         self.imds.stop()
+        self.names.stop()
         self.cp.stop()
         nodes.delete_bridge()
         (self.state / "daemon.json").unlink(missing_ok=True)

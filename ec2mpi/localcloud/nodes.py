@@ -18,8 +18,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..config import NODE_PREFIX
+
 BRIDGE = "ec2mpi0"
 GATEWAY = "172.31.0.1"
+RESOLVER = "172.31.0.2"       # the VPC base + 2, like the Amazon-provided DNS server
 SUBNET = "172.31.0.0/16"      # moto's default VPC: instance IPs come from its subnets
 PREFIXLEN = 16
 NETNS_PREFIX = "ec2mpi-"
@@ -85,7 +88,10 @@ def ensure_bridge() -> None:
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{GATEWAY}/{PREFIXLEN}", "dev", BRIDGE)
     run("ip", "link", "set", BRIDGE, "up")
-    for path in list(PRIVATE_DIRS.values()) + ["/run/sshd"]:
+    if run("ip", "-o", "addr", "show", "dev", BRIDGE, check=False).stdout.find(
+            f" {RESOLVER}/") < 0:
+        run("ip", "addr", "add", f"{RESOLVER}/{PREFIXLEN}", "dev", BRIDGE)
+    for path in list(PRIVATE_DIRS.values()) + ["/run/sshd", NODE_PREFIX]:
         os.makedirs(path, exist_ok=True)
 
 
@@ -116,51 +122,66 @@ def veth_name(instance_id: str) -> str:
     return "e2m" + hashlib.sha1(instance_id.encode()).hexdigest()[:10]
 
 
+# Per-node name-service files (name in the node dir -> path in the node).
+NAME_FILES = {"resolv.conf": "/etc/resolv.conf", "nsswitch.conf": "/etc/nsswitch.conf",
+              "hosts": "/etc/hosts"}
+
+
+def name_files(resolver: str, region: str) -> dict[str, str]:
+    """What a VPC instance's resolver configuration says: the VPC resolver and the EC2 search
+    domain; hosts from files then DNS (not the host's systemd-resolved or nscd); a plain
+    /etc/hosts with only localhost."""
+    from .names import resolv_conf
+    nsswitch = []
+    try:
+        nsswitch = Path("/etc/nsswitch.conf").read_text().splitlines()
+    except OSError:
+        pass
+    nsswitch = [line for line in nsswitch if line.split(":")[0].strip() != "hosts"]
+    return {"resolv.conf": resolv_conf(resolver, region),
+            "nsswitch.conf": "\n".join(nsswitch + ["hosts: files dns"]) + "\n",
+            "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"}
+
+
 def hostname_for(ip: str) -> str:
     """EC2's private DNS style: ip-172-31-0-4."""
     return "ip-" + ip.replace(".", "-")
 
 
 class Node:
-    """One running instance as a namespace node. `anchor` holds the namespaces open."""
+    """One running instance as a namespace node. `anchor` holds the namespaces open.
 
-    def __init__(self, root: Path, instance_id: str, ip: str):
+    `prefix` is bind-mounted at the node prefix (/opt/ec2mpi): the image's, or a node's own
+    empty directory for a stock image. `resolver` is the VPC-like name server the node's
+    /etc/resolv.conf names (nodes share the host's /etc: these files are bind-mounted)."""
+
+    def __init__(self, root: Path, instance_id: str, ip: str, prefix: Path | None = None,
+                 resolver: str | None = None, region: str = "us-east-1"):
         self.instance_id, self.ip = instance_id, ip
         self.hostname = hostname_for(ip)
         self.dir = Path(root) / instance_id
         self.netns = netns_name(instance_id)
         self.veth = veth_name(instance_id)
+        self.prefix, self.resolver, self.region = prefix, resolver, region
         self.anchor: subprocess.Popen | None = None
 
     # -- life ---------------------------------------------------------------
     def start(self, user_data: bytes, env: dict[str, str], ca_bundle: str | None = None) -> None:
         """Create the node and start its sshd and user-data (in the background)."""
-        destroy(
-            self.instance_id, self.dir.parent
-        )  # a stale node of the same id never half-survives
+        destroy(self.instance_id, self.dir.parent)  # a stale node of the same id never survives
         self._prepare_dirs(user_data, ca_bundle)
         self._network()
         self._spawn_anchor()
-        self.nsenter(
-            "/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")
-        )
-        console = open(self.dir / "console.log", "ab")  # noqa: SIM115
+        self.nsenter("/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"),
+                     "-E", str(self.dir / "sshd.log"))
         base_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     "HOME": "/root", "LANG": "C.UTF-8"}
-        subprocess.Popen(
-            self._enter_cmd()
-            + [
-                "env",
-                "-i",
-                *[f"{k}={v}" for k, v in {**base_env, **env}.items()],
-                "/bin/bash",
-                str(self.dir / "user-data"),
-            ],
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        environment = [f"{k}={v}" for k, v in {**base_env, **env}.items()]
+        with open(self.dir / "console.log", "ab") as console:
+            subprocess.Popen(self._enter_cmd() + ["env", "-i", *environment, "/bin/bash",
+                                                  str(self.dir / "user-data")],
+                             stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
 
     def _prepare_dirs(self, user_data: bytes, ca_bundle: str | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -172,64 +193,47 @@ class Node:
         if not key.exists():
             run("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key))
         (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(ip=self.ip, node_dir=self.dir))
-        if (
-            ca_bundle
-        ):  # the node trusts the local cloud's CA system-wide (s3fs/libcurl read only this)
+        if ca_bundle:  # the node trusts the local cloud's CA system-wide (s3fs reads only this)
             system = Path(SYSTEM_CA_BUNDLE).read_bytes() if Path(SYSTEM_CA_BUNDLE).exists() else b""
             (self.dir / "ca-certificates.crt").write_bytes(
-                system + b"\n" + Path(ca_bundle).read_bytes()
-            )
+                system + b"\n" + Path(ca_bundle).read_bytes())
+        if self.resolver:
+            for name, text in name_files(self.resolver, self.region).items():
+                (self.dir / name).write_text(text)
 
     def _network(self) -> None:
         run("ip", "netns", "add", self.netns)
-        run(
-            "ip",
-            "link",
-            "add",
-            self.veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.netns,
-        )
+        run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
+            "netns", self.netns)
         run("ip", "link", "set", self.veth, "master", BRIDGE, "up")
         run("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{PREFIXLEN}", "dev", "eth0")
         run("ip", "-n", self.netns, "link", "set", "eth0", "up")
         run("ip", "-n", self.netns, "link", "set", "lo", "up")
 
-    def _spawn_anchor(self) -> None:
-        binds = [f"mount --bind {self.dir / name} {path}" for name, path in PRIVATE_DIRS.items()]
+    def _binds(self) -> list[tuple[Path, str]]:
+        """(source on the host, path in the node): what the node keeps to itself."""
+        binds = [(self.dir / name, path) for name, path in PRIVATE_DIRS.items()]
         if (self.dir / "ca-certificates.crt").exists():
-            binds.append(f"mount --bind {self.dir / 'ca-certificates.crt'} {SYSTEM_CA_BUNDLE}")
+            binds.append((self.dir / "ca-certificates.crt", SYSTEM_CA_BUNDLE))
+        if self.prefix is not None:
+            binds.append((self.prefix, NODE_PREFIX))
+        if self.resolver:
+            binds += [(self.dir / name, path) for name, path in NAME_FILES.items()
+                      if os.path.exists(path)]
+        return binds
+
+    def _spawn_anchor(self) -> None:
         ready = self.dir / "anchor.ready"
         ready.unlink(missing_ok=True)
-        script = " && ".join(
-            [f"hostname {self.hostname}", *binds, f"touch {ready}", "exec sleep infinity"]
-        )
-        self.anchor = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                "unshare",
-                "--uts",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "/bin/sh",
-                "-c",
-                script,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "anchor.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
-        )
+        mounts = [f"mount --bind {src} {dst}" for src, dst in self._binds()]
+        script = " && ".join([f"hostname {self.hostname}", *mounts, f"touch {ready}",
+                              "exec sleep infinity"])
+        with open(self.dir / "anchor.log", "ab") as log:
+            self.anchor = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount",
+                 "--propagation", "private", "--", "/bin/sh", "-c", script],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True)
         (self.dir / "anchor.pid").write_text(str(self.anchor.pid))
         deadline = time.monotonic() + 10
         while not ready.exists():

@@ -16,9 +16,10 @@ WHY = have_root_namespaces()
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STATE = ""  # the local cloud's state dir, set by local_env
+WAIT = ("--timeout", "120")   # what a create or add-nodes of a few local nodes may take, at most
 
 
-def cli(*args, check=True, timeout=300, env=None):
+def cli(*args, check=True, timeout=120, env=None):
     """Run `ec2mpi --local ARGS` as a user would; returns the CompletedProcess."""
     res = subprocess.run(
         ["ec2mpi", "--local", *args], check=False,
@@ -70,7 +71,7 @@ def local_env(tmp_path_factory):
     saved = os.environ.get("EC2MPI_CONFIG_DIR")
     os.environ["EC2MPI_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
     was_up = cli_json("local", "status").get("up", False)
-    cli("local", "up", timeout=600)
+    cli("local", "up", timeout=300)
     global STATE
     STATE = cli_json("local", "status")["state_dir"]
     yield
@@ -85,9 +86,77 @@ def local_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo():
     """A 3-node cluster with (emulated) EFS, shared by the sequence below."""
-    cli("create", "e2e-demo", "--nodes", "3", "--storage", "efs", "--yes", timeout=300)
+    cli("create", "e2e-demo", "--nodes", "3", "--storage", "efs", "--yes", *WAIT, timeout=180)
     yield "e2e-demo"
     cli("destroy", "e2e-demo", "--yes", check=False)
+
+
+def test_the_image_lives_under_a_fresh_state_dir_and_the_host_prefix_stays_empty(
+        demo, local_cloud_state):
+    if local_cloud_state["fresh"] is not None:      # the suite began with no state directory
+        assert not local_cloud_state["existed_before"]
+        assert Path(STATE) == local_cloud_state["fresh"]
+    assert Path(STATE, "image", "venv", "bin", "ec2mpi-agent").exists()
+    assert os.listdir("/opt/ec2mpi") == []           # the host sees only an empty mount point
+    out = on_node(demo, "master", "command -v mpirun; ls /opt/ec2mpi/venv/bin/ec2mpi-agent").stdout
+    assert out.split() == ["/opt/ec2mpi/venv/bin/mpirun", "/opt/ec2mpi/venv/bin/ec2mpi-agent"]
+
+
+NAMES_PROBE = r"""
+import json, socket, sys, time
+other = sys.argv[1]
+me = socket.gethostname()
+out = {"me": me, "mine": socket.getaddrinfo(me, None, socket.AF_INET)[0][4][0],
+       "fqdn": socket.getfqdn(),
+       "short": socket.gethostbyname(other), "long": socket.gethostbyname(other + ".ec2.internal"),
+       "ptr": socket.gethostbyaddr(socket.gethostbyname(other))[0]}
+t = time.monotonic()
+try:
+    socket.gethostbyname("ip-172-31-250-250")
+    out["unknown"] = "resolved"
+except OSError:
+    out["unknown"] = round(time.monotonic() - t, 2)
+print(json.dumps(out))
+"""
+
+JOIN = r"""
+import socket
+from mpi4py import MPI
+world, name = MPI.COMM_WORLD, socket.gethostname()
+if world.rank == 0:                  # as mpi4py's test_dynproc testJoin does: by host name
+    server = socket.socket()
+    server.bind((name, 0))
+    server.listen(1)
+    world.send((name, server.getsockname()[1]), dest=1)
+    conn = server.accept()[0]
+else:
+    conn = socket.create_connection(world.recv(source=0))
+inter = MPI.Comm.Join(conn.fileno())
+print(f"join: rank {world.rank} on {name} sees {inter.Get_remote_size()} remote", flush=True)
+inter.Free()
+"""
+
+
+def test_nodes_resolve_names_like_on_ec2(demo, tmp_path):
+    """The VPC-like resolver: own name, others' short and FQDN names, PTR; unknown names fail
+    fast; MPI's Comm.Join across nodes by host name works."""
+    nodes = nodes_of(demo)
+    master = next(n for n in nodes if n["role"] == "master")
+    worker = next(n for n in nodes if n["role"] == "worker")
+    other = "ip-" + worker["private_ip"].replace(".", "-")
+    for name, text in (("names_probe.py", NAMES_PROBE), ("join.py", JOIN)):
+        (tmp_path / name).write_text(text)
+        cli("put", "-c", demo, str(tmp_path / name), name)
+    got = json.loads(on_node(demo, "master", f"python /shared/names_probe.py {other}").stdout)
+    assert got["mine"] == master["private_ip"]
+    assert got["me"] == "ip-" + got["mine"].replace(".", "-")
+    assert got["fqdn"] == got["me"] + ".ec2.internal"
+    assert got["short"] == got["long"] == worker["private_ip"]
+    assert got["ptr"] == other + ".ec2.internal"
+    assert isinstance(got["unknown"], float) and got["unknown"] < 3
+    out = on_node(demo, "master", "mpirun -np 2 --map-by node python /shared/join.py").stdout
+    assert sorted(line.split(" on ")[0] for line in out.splitlines() if line.startswith("join")) \
+        == ["join: rank 0", "join: rank 1"] and out.count("sees 1 remote") == 2
 
 
 def test_mpirun_runs_ranks_on_distinct_hostnames(demo):
@@ -118,7 +187,7 @@ def test_shared_storage_efs_written_on_worker_read_on_master(demo):
 
 
 def test_add_then_remove_nodes_follows_in_the_master_hostfile(demo):
-    cli("add-nodes", "2", "-c", demo, "--yes", timeout=300)
+    cli("add-nodes", "2", "-c", demo, "--yes", *WAIT, timeout=180)
     assert len(hostfile_hosts(demo)) == 5  # add-nodes returns once the master's hostfile lists them
     cli("remove-nodes", "1", "-c", demo, "--yes")
     hosts = hostfile_hosts(demo)               # ... and remove-nodes once it dropped the node
@@ -162,7 +231,7 @@ def test_killed_node_is_reported_lost(demo):
 
 
 def test_s3fs_shared_storage_is_real_s3fs_against_the_control_plane():
-    cli("create", "e2e-s3", "--nodes", "2", "--storage", "s3fs", "--yes", timeout=300)
+    cli("create", "e2e-s3", "--nodes", "2", "--storage", "s3fs", "--yes", *WAIT, timeout=180)
     try:
         workers = [n for n in nodes_of("e2e-s3") if n["role"] == "worker"]
         on_node("e2e-s3", workers[0]["instance_id"], "echo via-s3fs > /shared/s3-probe.txt && sync")
@@ -182,7 +251,7 @@ def test_s3fs_shared_storage_is_real_s3fs_against_the_control_plane():
 
 def test_destroy_leaves_nothing_behind(demo):
     ids = [n["instance_id"] for n in nodes_of(demo)]
-    cli("destroy", demo, "--yes", timeout=300)
+    cli("destroy", demo, "--yes", timeout=180)
     leftover_ns = wait_for(
         lambda: not (set(ids) & set(cli_json("local", "status")["nodes"])) or None,
         30,
@@ -225,7 +294,7 @@ def test_a_crashed_local_cloud_is_detected_and_cleaned_on_next_use():
     """Kill the daemon hard (as a crash would), leaving its nodes behind; the next command cleans
     up."""
     import signal
-    cli("create", "e2e-crash", "--nodes", "1", "--storage", "none", "--yes", timeout=300)
+    cli("create", "e2e-crash", "--nodes", "1", "--storage", "none", "--yes", *WAIT, timeout=180)
     status = cli_json("local", "status")
     orphans = status["nodes"]
     assert orphans
@@ -239,7 +308,7 @@ def test_a_crashed_local_cloud_is_detected_and_cleaned_on_next_use():
         ["ip", "netns", "list"], check=False, capture_output=True, text=True
     ).stdout
     assert all(i in netns for i in orphans), "the crash should have left the nodes behind"
-    res = cli("local", "up", timeout=600)
+    res = cli("local", "up", timeout=300)
     assert "stale" in res.stderr
     fresh = cli_json("local", "status")
     assert fresh["up"] and fresh["pid"] != status["pid"] and fresh["nodes"] == []

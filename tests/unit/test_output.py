@@ -116,7 +116,7 @@ def test_list_and_cost_and_destroy_formatting():
 
 def test_progress_bar_text():
     assert output.progress_bar(3, 6, "ready", width=10) == "[#####.....] 3/6 ready"
-    assert output.progress_bar(0, 0, width=4) == "[####] 0/0"
+    assert output.progress_bar(0, 0, "a note", width=4) == "a note"     # uncounted
 
 
 def test_node_resolution_and_links():
