@@ -39,29 +39,89 @@ What is patched, and why (moto 5.2.1 source references):
    Not emulated: the account root's right to delete a bucket policy it locked itself out
    with, and copy-source authorization.
 
-3. DynamoDB request serialization: DynamoDB guarantees per-item atomicity of conditional
-   writes, UpdateItem ADD and TransactWriteItems; moto's backend is plain Python under a
-   threaded server. `RequestContextMiddleware` runs every DynamoDB request (X-Amz-Target
-   `DynamoDB_*`) under one lock, which makes each request atomic w.r.t. the others.
-   TransactWriteItems is idempotent on AWS for 10 minutes per ClientRequestToken (botocore
-   fills one in and keeps it across retries); moto applied a retried transaction twice
-   (seen under load: a read timeout, a retry, an epoch bumped by 2). We replay the first
-   answer for a token we have seen.
+3. DynamoDB concurrency (fidelity_dynamodb.py; moto/dynamodb/responses.py DynamoHandler,
+   moto/dynamodb/models/__init__.py transact_write_items):
+   - AWS: single-item writes (conditions, ADD) are atomic per item; TransactWriteItems is
+     atomic across its items; a transaction that meets an item another request is writing
+     is cancelled (TransactionCanceledException, CancellationReasons `TransactionConflict`
+     at that item, `None` elsewhere; botocore does not retry it); requests on different
+     items run in parallel. TransactWriteItems is idempotent for 10 minutes per
+     ClientRequestToken (botocore fills one in and keeps it across retries).
+   - moto: plain dicts under a threaded server, no locking at all; a transaction deep-copies
+     every table it touches and, on failure, swaps the copies back in (losing any write
+     made meanwhile); a retried transaction was applied twice (seen under load: a read
+     timeout, a retry, an epoch bumped by 2). We used to run every DynamoDB request under
+     one lock, which hid transaction conflicts the product must handle on AWS.
+   - Now: per-item locks keyed by (account, region, table, key values), with the key schema
+     read from moto's backend. PutItem/UpdateItem/DeleteItem/BatchWriteItem wait for their
+     items (bounded: after 30 s they answer TransactionConflictException, as AWS answers a
+     write that meets an ongoing transaction at once); TransactWriteItems takes all its
+     items or none, never waits, and is cancelled as on AWS if one is held;
+     TransactGetItems is cancelled while a write holds one of its items. Reads take no item
+     lock. One short backend lock covers only moto's in-memory call (the request body is
+     already read, the response not yet written), so a slow client or a held item never
+     blocks other items longer than that. A repeated ClientRequestToken replays the first
+     success, answers TransactionInProgressException (retried by botocore) while the first
+     is running, and IdempotentParameterMismatchException for a different request.
+   - TEST-ONLY hook: header `x-ec2mpi-test-hold-item-locks: SECONDS` (<= 10) makes a write
+     keep its item locks that long before it runs; `GET /_ec2mpi/dynamodb/item-locks`
+     (item 7) lists held locks. Tests use them to race requests deterministically.
+   Not emulated: PartiQL (ExecuteStatement/ExecuteTransaction) takes no item lock, and
+   TransactGetItems does not make a concurrent write conflict.
 
 4. EC2 Fleet instance profiles (moto/ec2/models/fleets.py Fleet.create_*_requests): moto
    reads `IamInstanceProfile` from the launch template but never gives it to the
    instances it launches, so nodes had no role and no credentials. AWS attaches the
    template's profile to every instance; we associate it after each fleet launch.
    Applied by `backend_app_factory` when the EC2 app is first built (lazily, see there).
+
+5. S3 ExpectedBucketOwner (moto/s3/responses.py): AWS answers 403 AccessDenied when the
+   `x-amz-expected-bucket-owner` header (boto3 `ExpectedBucketOwner=`) names an account
+   other than the bucket owner's, and likewise for `x-amz-source-expected-bucket-owner`
+   and the copy source. moto ignores both headers and even serves another account's bucket
+   (its cross-account lookup). We check both in `_authenticate_and_authorize_s3_action`,
+   which every bucket- and object-level request passes; the owner is the account that
+   created the bucket (moto maps a request to an account by the `x-moto-account-id`
+   header, else by the access key: keys from STS AssumeRole belong to the role's account,
+   any other key to 123456789012).
+
+6. EC2 capacity pools (fidelity_capacity.py; moto/ec2/models/fleets.py
+   Fleet.get_launch_spec_counts, moto/ec2/models/instances.py run_instances/terminate):
+   - AWS: an instant CreateFleet launches what capacity allows across its overrides and
+     lists one `Errors` entry (ErrorCode InsufficientInstanceCapacity, Lifecycle,
+     LaunchTemplateAndOverrides naming the type and subnet/AZ) per pool that ran short;
+     RunInstances fails with InsufficientInstanceCapacity (a server error, HTTP 500) when
+     its pool is exhausted.
+   - moto: unlimited capacity; a fleet puts all its capacity on the cheapest (in practice
+     the first) override, or round-robin for `diversified`.
+   - Now: a table pool (type, AZ or *, lifecycle or *) -> remaining instances, unlimited
+     unless set (so nothing changes by default). Fleets fill overrides in preference order
+     (Priority, then MaxPrice, then as given; round-robin for `diversified`) from what the
+     pools hold, and list an Errors entry per (type, AZ, lifecycle) that ran short;
+     RunInstances (and every other launch, fleets' included) takes capacity per instance or
+     fails with InsufficientInstanceCapacity, AWS's wording, HTTP 500; terminating an
+     instance gives its unit back. Pools are set through item 7.
+   Not emulated: RequestSpotInstances/RequestSpotFleet fail with InsufficientInstanceCapacity
+   instead of staying open; stopping an instance keeps its capacity.
+
+7. Control endpoints (`control_endpoint`): paths under `/_ec2mpi/` on the control plane's
+   own listeners never reach moto (no S3 bucket name can start with `_`, so none is
+   shadowed) and answer only clients on this host (loopback, or the listener's own
+   address: not nodes). `GET|POST|DELETE /_ec2mpi/capacity` reads, sets
+   (`{"type", "az", "lifecycle", "count"}`, null = any / unlimited) and resets the pools
+   (see fidelity_capacity.py); `GET /_ec2mpi/dynamodb/item-locks` lists held item locks.
 """
 from __future__ import annotations
 
 import contextvars
+import ipaddress
+import json
 import logging
 import re
 import threading
 from collections.abc import Iterable
 from typing import Any, Callable
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +129,8 @@ log = logging.getLogger(__name__)
 _request_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "ec2mpi_request_context", default=None)
 
-_DYNAMODB_LOCK = threading.Lock()
 _applied = False
+CONTROL_PREFIX = "/_ec2mpi/"  # the control plane's own endpoints (item 7), never moto's
 
 
 def request_context() -> dict[str, str]:
@@ -82,77 +142,65 @@ class RequestContextMiddleware:
     """WSGI middleware: one instance per listener, records whether requests arrived over TLS.
 
     The flag comes from the listener (the HTTPS or the HTTP server), not from anything the
-    client sends, so it cannot be spoofed with headers such as X-Forwarded-Proto.
+    client sends, so it cannot be spoofed with headers such as X-Forwarded-Proto. Paths under
+    CONTROL_PREFIX are the control plane's own endpoints and never reach moto.
     """
 
     def __init__(self, app: Callable, *, secure: bool):
         self.app, self.secure = app, secure
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+            return control_endpoint(environ, start_response)
         token = _request_context.set({"aws:SecureTransport": "true" if self.secure else "false"})
         try:
-            target = environ.get("HTTP_X_AMZ_TARGET", "")
-            if target.startswith("DynamoDB_"):
-                with _DYNAMODB_LOCK:
-                    if target.endswith(".TransactWriteItems"):
-                        return _idempotent_transaction(self.app, environ, start_response)
-                    # Consume the (already materialized) response under the lock, so that
-                    # no backend work can escape it.
-                    return _consume(self.app(environ, start_response))
             return self.app(environ, start_response)
         finally:
             _request_context.reset(token)
 
 
-def _consume(body: Iterable[bytes]) -> list[bytes]:
+def _from_this_host(environ: dict[str, Any]) -> bool:
+    """Loopback, or the listener's own address (the local cloud's bridge side on this host);
+    not a node, whose address is another one on the bridge."""
     try:
-        return list(body)
-    finally:
-        if hasattr(body, "close"):
-            body.close()
-
-
-_TRANSACTIONS: dict[
-    str, tuple[float, str, list, list[bytes]]
-] = {}  # token -> (time, status, headers, body)
-_TOKEN_TTL = 600.0
-
-
-def _idempotent_transaction(
-    app: Callable, environ: dict[str, Any], start_response: Callable
-) -> list[bytes]:
-    """TransactWriteItems with AWS's ClientRequestToken semantics (caller holds the lock)."""
-    import io
-    import json
-    import time
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    raw = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(raw)
-    try:
-        token = json.loads(raw or b"{}").get("ClientRequestToken")
+        remote = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
     except ValueError:
-        token = None
-    now = time.monotonic()
-    for old in [t for t, v in _TRANSACTIONS.items() if now - v[0] > _TOKEN_TTL]:
-        del _TRANSACTIONS[old]
-    if token and token in _TRANSACTIONS:
-        _, status, headers, body = _TRANSACTIONS[token]
-        start_response(status, headers)
-        return body
-    captured = {}
+        return False
+    remote = getattr(remote, "ipv4_mapped", None) or remote
+    if remote.is_loopback:
+        return True
+    try:
+        return remote == ipaddress.ip_address(environ.get("SERVER_NAME", "").strip("[]"))
+    except ValueError:
+        return False
 
-    def capture(status, headers, exc_info=None):
-        captured.update(status=status, headers=list(headers))
-        return (
-            start_response(status, headers, exc_info)
-            if exc_info
-            else start_response(status, headers)
-        )
 
-    body = _consume(app(environ, capture))
-    if token and captured.get("status", "").startswith("200"):
-        _TRANSACTIONS[token] = (now, captured["status"], captured["headers"], body)
-    return body
+def control_endpoint(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+    """The control plane's own endpoints (item 7): capacity pools, and the DynamoDB item
+    locks held (for tests). JSON in and out; only for clients on this host."""
+    from ec2mpi.localcloud import fidelity_capacity, fidelity_dynamodb
+    method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if not _from_this_host(environ):
+        status, answer = 403, {"error": "only for clients on the control plane's host"}
+    elif not 0 <= length <= 65536:
+        status, answer = 413, {"error": "request body too large (or no valid length)"}
+    elif path == CONTROL_PREFIX + "capacity":
+        body = environ["wsgi.input"].read(length) if length else b""
+        status, answer = fidelity_capacity.handle_request(method, body)
+    elif path == CONTROL_PREFIX + "dynamodb/item-locks" and method == "GET":
+        status, answer = 200, {"locks": fidelity_dynamodb.LOCKS.snapshot()}
+    else:
+        status, answer = 404, {"error": f"no endpoint {method} {path}"}
+    data = json.dumps(answer).encode()
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              405: "Method Not Allowed", 413: "Payload Too Large"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(data)))])
+    return [data]
 
 
 # --------------------------------------------------------------------------- conditions
@@ -270,18 +318,39 @@ def apply() -> None:
 
     def _authenticate_and_authorize_s3_action(self, bucket_name=None, key_name=None) -> None:
         original_authorize(self, bucket_name=bucket_name, key_name=key_name)
-        action = self.data.get("Action") if isinstance(self.data, dict) else None
-        if not bucket_name or not action:
+        _check_expected_source_owner(self)
+        if not bucket_name:
             return
         try:
             bucket = self.backend.get_bucket(bucket_name)
         except MissingBucket:
             return  # e.g. CreateBucket: nothing to evaluate yet
+        # 5. ExpectedBucketOwner: another account's bucket is AccessDenied.
+        expected = self.headers.get("x-amz-expected-bucket-owner")
+        if expected and expected != bucket.account_id:
+            raise BucketAccessDeniedError(bucket=bucket_name)
+        action = self.data.get("Action") if isinstance(self.data, dict) else None
+        if not action:
+            return
         resource = f"arn:{bucket.partition}:s3:::{bucket_name}" + (
             f"/{key_name}" if key_name else ""
         )
         if bucket.get_permission(f"s3:{action}", resource) == PermissionResult.DENIED:
             raise BucketAccessDeniedError(bucket=bucket_name)
+
+    def _check_expected_source_owner(self) -> None:
+        """5. ExpectedSourceBucketOwner (CopyObject, UploadPartCopy) likewise."""
+        expected = self.headers.get("x-amz-source-expected-bucket-owner")
+        source = self.headers.get("x-amz-copy-source")
+        if not expected or not source:
+            return
+        source_bucket = unquote(source).lstrip("/").split("/", 1)[0]
+        try:
+            owner = self.backend.get_bucket(source_bucket).account_id
+        except MissingBucket:
+            return  # moto reports the missing source itself
+        if owner != expected:
+            raise BucketAccessDeniedError(bucket=source_bucket)
 
     S3Response._authenticate_and_authorize_s3_action = _authenticate_and_authorize_s3_action
 
@@ -296,6 +365,10 @@ def apply() -> None:
         return response
 
     S3Response._key_response = _key_response
+
+    # 3. DynamoDB: per-item locks, transaction conflicts, ClientRequestToken idempotency.
+    from ec2mpi.localcloud import fidelity_dynamodb
+    fidelity_dynamodb.apply()
     _applied = True
 
 
@@ -352,4 +425,8 @@ def _apply_ec2() -> None:
                 return result
 
             setattr(Fleet, method, launch_with_profiles)
+
+        # 6. Capacity pools: fleets and RunInstances launch what the pools allow.
+        from ec2mpi.localcloud import fidelity_capacity
+        fidelity_capacity.apply_ec2()
         _ec2_applied = True

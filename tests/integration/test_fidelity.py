@@ -3,16 +3,16 @@ import uuid
 
 
 def test_transact_write_items_is_idempotent_per_client_request_token(aws):
-    from ec2mpi.aws.registry import Registry
-    reg = Registry(aws)
-    reg.ensure_table()
-    name = "f" + uuid.uuid4().hex[:8]
-    reg.create_cluster(name, "{}")
+    ddb = aws.client("dynamodb")
+    table = "f" + uuid.uuid4().hex[:8]
+    ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
     bump = [
         {
             "Update": {
-                "TableName": reg.table,
-                "Key": {"cluster": {"S": name}, "item": {"S": "cluster"}},
+                "TableName": table,
+                "Key": {"pk": {"S": "counter"}},
                 "UpdateExpression": "ADD epoch :one",
                 "ExpressionAttributeValues": {":one": {"N": "1"}},
             }
@@ -20,9 +20,10 @@ def test_transact_write_items_is_idempotent_per_client_request_token(aws):
     ]
     token = uuid.uuid4().hex
     for _ in range(3):  # a retried request: applied once, as on DynamoDB
-        reg.ddb.transact_write_items(TransactItems=bump, ClientRequestToken=token)
-    reg.ddb.transact_write_items(TransactItems=bump)  # a new request (botocore makes a new token)
-    assert reg.epoch(name) == 2
+        ddb.transact_write_items(TransactItems=bump, ClientRequestToken=token)
+    ddb.transact_write_items(TransactItems=bump)  # a new request (botocore makes a new token)
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "counter"}}, ConsistentRead=True)
+    assert item["Item"]["epoch"]["N"] == "2"
 
 
 def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
