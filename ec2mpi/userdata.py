@@ -22,6 +22,8 @@ class UserDataParams:
     shared_path: str
     user: str
     prefix: str           # node install prefix, e.g. /opt/ec2mpi
+    role: str = "worker"  # master | worker: which launch template (and instance role) this is
+    account: str = ""     # the account that must own the bucket (ExpectedBucketOwner)
 
 
 def render(params: UserDataParams) -> str:

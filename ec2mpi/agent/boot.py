@@ -12,128 +12,27 @@ import json
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from ..aws.keystore import KeyStore
-from ..aws.registry import Node, Registry
+from ..aws.registry import Node, Registry, node_pk
 from ..aws.session import AwsSession
 from ..keys import known_hosts_line
 from .hostfile import MPICH_NAME, OPENMPI_NAME
 from .imds import Imds
+from .params import AgentParams, AgentPaths, identity, session_for
 
 log = logging.getLogger("ec2mpi.agent")
 
 EFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
 ENV_BEGIN, ENV_END = "# >>> ec2mpi (managed by ec2mpi-agent) >>>", "# <<< ec2mpi <<<"
-
-
-@dataclass(frozen=True)
-class AgentParams:
-    """The user-data parameters, as the stub writes them to /etc/ec2mpi/agent.json."""
-    cluster: str
-    region: str
-    bucket: str
-    table: str
-    version: str
-    wheel_key: str
-    storage: str
-    storage_id: str
-    shared_path: str
-    user: str
-    prefix: str
-
-    @classmethod
-    def load(cls, path) -> AgentParams:
-        data = json.loads(Path(path).read_text())
-        return cls(**{f.name: str(data.get(f.name, "")) for f in fields(cls)})
-
-
-@dataclass(frozen=True)
-class AgentPaths:
-    """Where the agent reads and writes; root='/' on a node, a tmp dir in tests."""
-    root: Path = Path("/")
-
-    def at(self, path: str) -> Path:
-        return Path(self.root) / path.lstrip("/")
-
-    @property
-    def etc(self) -> Path:
-        return self.at("/etc/ec2mpi")
-
-    @property
-    def agent_json(self) -> Path:
-        return self.etc / "agent.json"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.etc / "ssh_known_hosts"
-
-    @property
-    def host_key(self) -> Path:
-        return self.etc / "ssh_host_ed25519_key"
-
-    @property
-    def sshd_config(self) -> Path:
-        return self.etc / "sshd_config"
-
-    @property
-    def sshd_dropin(self) -> Path:
-        return self.at("/etc/ssh/sshd_config.d/00-ec2mpi.conf")
-
-    @property
-    def log_dir(self) -> Path:
-        return self.at("/var/log/ec2mpi")
-
-    @property
-    def state(self) -> Path:
-        return self.at("/var/lib/ec2mpi/node.json")
-
-    @property
-    def run(self) -> Path:
-        return self.at("/run/ec2mpi")
-
-    def shared(self, params: AgentParams) -> Path:
-        return self.at(params.shared_path)
-
-    def home(self, user: str) -> Path:
-        """The real home on a node; a sandboxed one under a test root."""
-        if Path(self.root) == Path("/"):
-            return Path(pwd.getpwnam(user).pw_dir)
-        return self.at("/home/" + user)
-
-    def hostfile_dirs(self, params: AgentParams) -> list[Path]:
-        """/etc/ec2mpi, plus a copy on shared storage when there is any (never on the root disk)."""
-        if params.storage == "none":
-            return [self.etc]
-        return [self.etc, self.shared(params) / ".ec2mpi"]
-
-
-@dataclass
-class Identity:
-    instance_id: str
-    private_ip: str
-    hostname: str
-    instance_type: str
-    lifecycle: str
-
-
-def identity(imds: Imds) -> Identity:
-    life = (imds.get("meta-data/instance-life-cycle") or "on-demand").strip()
-    return Identity(imds.meta("instance-id"), imds.meta("local-ipv4"),
-                    imds.meta("local-hostname").split(".")[0], imds.meta("instance-type"),
-                    "spot" if life == "spot" else "on-demand")
-
-
-def session_for(params: AgentParams) -> AwsSession:
-    """Instance-role credentials (via IMDS); endpoint and CA only when the local cloud sets them."""
-    return AwsSession(region=params.region, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-                      ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
 
 
 # -- pure command lines (unit-tested) -----------------------------------------------
@@ -166,19 +65,20 @@ def mount_command(params: AgentParams, path: str, uid: int, gid: int, hook: str 
 
 
 def mpi_env_block(prefix: str, etc: Path, local: bool) -> str:
-    """The cluster user's MPI environment: venv on PATH, default hostfiles; --bind-to none
-    locally."""
+    """The cluster user's MPI environment: venv on PATH, OPAL_PREFIX (so singletons and
+    ompi_info read the image's parameter file too), default hostfiles; --bind-to none locally,
+    where every node shares the host's cores."""
     lines = [
         ENV_BEGIN,
         (f'case ":$PATH:" in *":{prefix}/venv/bin:"*) ;; '
          f'*) export PATH="{prefix}/venv/bin:$PATH" ;; esac'),
+        f"export OPAL_PREFIX={prefix}/venv",
         f"export PRTE_MCA_prte_default_hostfile={etc / OPENMPI_NAME}",
         f"export OMPI_MCA_orte_default_hostfile={etc / OPENMPI_NAME}",
         f"export HYDRA_HOST_FILE={etc / MPICH_NAME}",
     ]
     if local:
-        lines += ["export OMPI_MCA_hwloc_base_binding_policy=none",
-                  "export PRTE_MCA_hwloc_default_binding_policy=none"]
+        lines += ["export PRTE_MCA_hwloc_default_binding_policy=none"]
     return "\n".join(lines + [ENV_END]) + "\n"
 
 
@@ -346,38 +246,61 @@ def wait_banner(ip: str, port: int, timeout: float) -> None:
     raise RuntimeError(f"sshd does not answer on {ip}:{port} ({last})")
 
 
-def wait_master(reg: Registry, cluster: str, timeout: float) -> str:
+def cluster_roles(reg: Registry, cluster: str, timeout: float) -> dict:
+    """The role ids the client recorded (they make up node keys); a node can boot before
+    the client's write is visible, so wait a little (bounded)."""
     deadline = time.monotonic() + timeout
     delay = 0.5
     while True:
-        item = reg.get_cluster(cluster)
-        if item and item.get("master"):
-            return item["master"]
+        roles = (reg.get_cluster(cluster) or {}).get("roles") or {}
+        if roles.get("master") and roles.get("worker"):
+            return roles
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the registry never named a master for cluster {cluster!r}")
+            raise RuntimeError(f"the registry names no node roles for cluster {cluster!r}")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
 
 
-def boot(params: AgentParams, paths: AgentPaths = AgentPaths(), *, imds: Imds | None = None,
+def register(reg: Registry, cluster: str, node: Node, budget: float) -> None:
+    """Write the node's own item (idempotent) and bump the epoch, retrying with jittered
+    backoff within `budget` seconds; a registration that fails for good fails the boot."""
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        try:
+            reg.put_node(cluster, node)
+            return
+        except Exception as err:  # any failure: retry until the budget ends
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not register in the registry after {attempt} "
+                                   f"tries: {err}") from err
+            log.warning("registration failed (try %d): %s", attempt, err)
+            time.sleep(min(10.0, 0.2 * 2 ** attempt) * (0.5 + random.random()))
+
+
+def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | None = None,
          aws: AwsSession | None = None, ssh_port: int = 22, master_timeout: float = 600.0,
          ready_timeout: float = 120.0) -> Node:
     """The whole boot sequence; returns the node as registered (state ready)."""
     local = os.environ.get("EC2MPI_LOCAL") == "1"
+    paths = paths or AgentPaths()
     imds = imds or Imds()
     me = identity(imds)
-    log.info("boot %s (%s) cluster=%s", me.instance_id, me.private_ip, params.cluster)
+    log.info("boot %s (%s) cluster=%s as %s", me.instance_id, me.private_ip, params.cluster,
+             params.role)
     aws = aws or session_for(params)
     reg = Registry(aws, table=params.table)
-
-    master = wait_master(reg, params.cluster, master_timeout)
-    node = Node(me.instance_id, "master" if master == me.instance_id else "worker", me.private_ip,
-                me.hostname, os.cpu_count() or 1, me.lifecycle, me.instance_type, "booting")
-    reg.put_node(params.cluster, node)
+    roles = cluster_roles(reg, params.cluster, master_timeout)
+    node = Node(me.instance_id, params.role, me.private_ip, me.hostname, os.cpu_count() or 1,
+                me.lifecycle, me.instance_type, "booting", image=me.image)
+    node.key = node_pk(params.cluster, roles[params.role], me.instance_id)
+    register(reg, params.cluster, node, master_timeout)
     _install(paths.state, json.dumps(asdict(node)).encode(), 0o644)
     log.info("registered as %s (booting)", node.role)
 
-    keys = KeyStore(aws, bucket=params.bucket).get_keys(params.cluster)
+    keys = KeyStore(aws, bucket=params.bucket, owner=params.account or None).get_keys(
+        params.cluster)
     ensure_user(params.user, paths)
     install_keys(params, paths, keys)
     configure_sshd(paths, local, os.environ.get("EC2MPI_SSHD_PIDFILE") or None)
@@ -385,8 +308,8 @@ def boot(params: AgentParams, paths: AgentPaths = AgentPaths(), *, imds: Imds | 
     install_mpi_env(params, paths, local)
     wait_banner(me.private_ip, ssh_port, ready_timeout)
 
-    reg.set_node_state(params.cluster, me.instance_id, "ready")
     node.state = "ready"
+    register(reg, params.cluster, node, master_timeout)
     _install(paths.state, json.dumps(asdict(node)).encode(), 0o644)
     log.info("ready")
     return node

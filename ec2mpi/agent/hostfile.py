@@ -15,8 +15,10 @@ MPICH_NAME = "hostfile.mpich"
 
 
 def ordered(nodes) -> list:
-    """Ready nodes, master first, then by private IP (numerically) for a stable order."""
-    ready = [n for n in nodes if n.state == "ready"]
+    """Ready nodes whose items can be trusted, master first, then by private IP (numerically)
+    for a stable order. Nodes write their own items: an item with a problem never reaches a
+    hostfile."""
+    ready = [n for n in nodes if n.state == "ready" and not getattr(n, "problem", "")]
 
     def key(n):
         try:

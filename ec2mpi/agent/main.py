@@ -72,25 +72,48 @@ def _watch(args, params, paths, aws=None) -> int:
     from ..aws.registry import Node, Registry
     from .boot import session_for
     from .imds import Imds
-    from .watch import Watcher
-    node = Node(**json.loads(paths.state.read_text()))
-    watcher = Watcher(
-        params.cluster,
-        node,
-        Registry(aws or session_for(params), table=params.table),
-        paths.hostfile_dirs(params),
-        Imds(),
-        poll=args.poll,
-    )
+    from .watch import Watcher, WatchSettings
+    node = Node(**{k: v for k, v in json.loads(paths.state.read_text()).items()})
+    aws = aws or session_for(params)
+    registry = Registry(aws, table=params.table)
+    instances = healer = None
+    if node.role == "master":
+        from ..aws.instances import Instances
+        from ..aws.network import Network
+        from ..aws.templates import Templates
+        from .heal import ClusterSource, Healer
+        instances = Instances(aws, params.cluster)
+        healer = Healer(ClusterSource(registry, Templates(aws, params.cluster),
+                                      Network(aws, params.cluster), params.cluster), instances)
+    settings = WatchSettings.from_env(**({"poll": args.poll} if args.poll else {}))
+    watcher = Watcher(params.cluster, node, registry, paths.hostfile_dirs(params), Imds(),
+                      settings=settings, instances=instances, healer=healer, run_dir=paths.run,
+                      sessions=ssh_sessions)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     paths.run.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("ec2mpi.agent").info(
-        "watch %s as %s, poll %.1fs", node.instance_id, node.role, args.poll
-    )
+    logging.getLogger("ec2mpi.agent").info("watch %s as %s, poll %.1fs", node.instance_id,
+                                           node.role, settings.poll)
     watcher.run(stop)
     return 0
+
+
+def ssh_sessions() -> int:
+    """Open SSH sessions on THIS node: established TCP connections to its port 22, read from
+    /proc/net/tcp*, which shows the node's own network namespace (on the local cloud nodes
+    share the host's PID space, so counting sshd processes would mean nothing)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 3 and parts[1].endswith(":0016") and parts[3] == "01":
+                count += 1
+    return count
 
 
 def _hostfile(args, params, paths) -> int:
@@ -113,9 +136,8 @@ def main(argv=None) -> int:
     for p in (r, b):
         p.add_argument("--ssh-port", type=int, default=int(os.environ.get("EC2MPI_SSH_PORT", "22")))
     for p in (r, w):
-        p.add_argument(
-            "--poll", type=float, default=float(os.environ.get("EC2MPI_WATCH_POLL", "2"))
-        )
+        p.add_argument("--poll", type=float, default=None,
+                       help="membership poll interval in seconds (default 2; EC2MPI_WATCH_POLL)")
     sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
     args = ap.parse_args(argv)
     # Role credentials come from the metadata service; botocore gives it 1 s and one try

@@ -1,89 +1,213 @@
-"""`ec2mpi-agent watch`: keep the node's view of the cluster current, cheaply.
+"""`ec2mpi-agent watch`: keep the cluster whole, cheaply. Losing a node is normal operation.
 
-Master: poll the cluster item's epoch (one small read) and read the node list only when
-it moved; rewrite the hostfiles when membership changed. Every node: watch for a spot
-interruption notice or a rebalance recommendation and mark itself draining (the master
-then drops it from the hostfile), heartbeat now and then, deregister on SIGTERM.
+Every node: a spot interruption notice or rebalance recommendation marks it draining; a
+heartbeat now and then (with its open SSH sessions); if the master marked it lost (a
+network blip), it registers again.
+
+The master, besides: membership (one small epoch read per poll; the node list only when it
+moved) -> hostfiles and members.json; liveness (every few polls one DescribeInstances for
+the cluster tag, and a heartbeat read less often) -> nodes whose instance is gone or whose
+heartbeat is older than `lost_after` are marked lost, one membership change each; healing
+(agent/heal.py) brings the cluster back to its target size.
+
+Steady-state cost of the master, whatever the cluster size, with the default settings:
+30 epoch reads + 2 own heartbeats + 4 DescribeInstances + 2 node-list reads = 38 per minute.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from dataclasses import dataclass, fields, replace
 
 from ..aws.registry import Node, Registry
-from .hostfile import render_openmpi, write_hostfiles
+from .hostfile import atomic_write, render_openmpi, write_hostfiles
 from .imds import Imds
 
 log = logging.getLogger("ec2mpi.agent.watch")
+ACTIVE = ("booting", "ready")   # states that count toward the cluster's size
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Every interval of the watcher, in seconds; EC2MPI_WATCH_<NAME> overrides (tests)."""
+    poll: float = 2.0                 # membership: epoch read
+    notice_every: float = 5.0         # spot notices (IMDS, local: free)
+    heartbeat_every: float = 15.0     # a worker's heartbeat
+    master_heartbeat_every: float = 30.0
+    liveness_every: float = 15.0      # master: DescribeInstances for the cluster tag
+    heartbeat_check_every: float = 30.0   # master: re-read heartbeats
+    lost_after: float = 60.0          # a running node silent this long is lost
+    boot_timeout: float = 900.0       # a node still booting after this long is lost
+    lost_kept: float = 900.0          # lost items stay this long (status says why), then go
+
+    @classmethod
+    def from_env(cls, **given) -> WatchSettings:
+        values = {}
+        for f in fields(cls):
+            env = os.environ.get(f"EC2MPI_WATCH_{f.name.upper()}")
+            if env:
+                values[f.name] = float(env)
+        return replace(cls(**values), **given)
 
 
 class Watcher:
     def __init__(self, cluster: str, node: Node, registry: Registry, hostfile_dirs=(),
-                 imds: Imds | None = None, poll: float = 2.0, notice_every: float = 5.0,
-                 heartbeat_every: float = 15.0, deregister: bool = True):
+                 imds: Imds | None = None, settings: WatchSettings | None = None,
+                 instances=None, healer=None, run_dir=None, deregister: bool = True,
+                 sessions=None):
         self.cluster, self.node, self.reg = cluster, node, registry
         self.hostfile_dirs = list(hostfile_dirs)
-        self.imds = imds
-        self.poll, self.notice_every, self.heartbeat_every = poll, notice_every, heartbeat_every
+        self.imds, self.instances, self.healer = imds, instances, healer
+        self.settings = settings or WatchSettings.from_env()
+        self.run_dir = run_dir
         self.deregister = deregister
+        self.sessions = sessions or (lambda: 0)
         self.epoch: int | None = None
+        self.settle = False           # re-read once after a change: the index may lag
+        self.members: list[Node] = []
+        self.master_state: dict = {}
         self.hostfile_text: str | None = None
         self.hostfile_writes = 0
-        self.last_write = 0.0        # time.time() of the last hostfile rewrite (benchmarks read it)
+        self.last_write = 0.0         # time.time() of the last hostfile rewrite (benchmarks)
         self.draining = False
+        self.live: dict = {}          # instance id -> Instance, from the last liveness check
 
     @property
     def is_master(self) -> bool:
         return self.node.role == "master"
 
-    # -- the three duties -----------------------------------------------------------
+    # -- membership (master) ----------------------------------------------------------
     def check_membership(self) -> bool:
-        """One epoch read; the node list only when it moved. True if the hostfile was rewritten."""
+        """One epoch read; the node list only when it moved. True if the hostfile changed."""
         epoch = self.reg.epoch(self.cluster)
-        if epoch is None or epoch == self.epoch:
+        if epoch is None or (epoch == self.epoch and not self.settle):
             return False
-        nodes = self.reg.nodes(self.cluster)
+        self.settle = epoch != self.epoch
         self.epoch = epoch
-        changed = render_openmpi(nodes) != self.hostfile_text
+        return self.refresh()
+
+    def refresh(self) -> bool:
+        """Read the members and the master state; rewrite the hostfiles if they changed."""
+        self.members = self.reg.nodes(self.cluster)
+        self.master_state = self.reg.master_state(self.cluster)
+        self._write_members()
+        changed = render_openmpi(self.members) != self.hostfile_text
         if changed:
-            text = write_hostfiles(nodes, self.hostfile_dirs)
+            text = write_hostfiles(self.members, self.hostfile_dirs)
             self.hostfile_text = text
             self.hostfile_writes += 1
             self.last_write = time.time()
-            log.info("epoch %s: hostfile now has %d node(s)", epoch, text.count("\n"))
-        self.publish(epoch)
+            log.info("epoch %s: hostfile now has %d node(s)", self.epoch, text.count("\n"))
+        if self.epoch is not None and self.master_state.get("hostfile_epoch") != self.epoch:
+            self.publish(self.epoch)
         return changed
 
     def publish(self, epoch: int) -> None:
-        """Tell the registry which membership the hostfile reflects: `create` and `add-nodes`
+        """Tell the registry which membership the hostfile reflects: create and add-nodes
         return only once it caught up, so an mpirun right after them sees every node."""
         try:
-            self.reg.update_cluster(self.cluster, hostfile_epoch=epoch)
-        except Exception as err:  # noqa: BLE001 - the cluster may be going away; the hostfile itself is written
+            self.reg.update_master(self.cluster, hostfile_epoch=epoch)
+            self.master_state["hostfile_epoch"] = epoch
+        except Exception as err:  # noqa: BLE001 - the cluster may be going away
             log.warning("could not record hostfile epoch %s: %s", epoch, err)
 
+    def _write_members(self) -> None:
+        """members.json for local readers (the job supervisor): who is in, who is going."""
+        if self.run_dir is None:
+            return
+        data = [{"instance_id": n.instance_id, "private_ip": n.private_ip, "state": n.state,
+                 "reason": n.reason, "role": n.role} for n in self.members if not n.problem]
+        atomic_write(self.run_dir / "members.json", json.dumps(data))
+
+    # -- liveness (master) ------------------------------------------------------------
+    def check_liveness(self, heartbeats: bool = False) -> list[str]:
+        """Mark lost the members whose instance is gone (and, with `heartbeats`, those whose
+        heartbeat is stale); returns their ids. One DescribeInstances (+ one node-list read)."""
+        if self.instances is None:
+            return []
+        self.live = {i.instance_id: i for i in self.instances.instances(
+            states=("pending", "running"))}
+        if heartbeats:
+            self.members = self.reg.nodes(self.cluster)
+        now, s = time.time(), self.settings
+        lost = []
+        for n in self.members:
+            if n.problem or n.instance_id == self.node.instance_id or n.state == "lost":
+                continue
+            reason = ""
+            if n.instance_id not in self.live:
+                reason = "its instance is gone (terminated or interrupted)"
+            elif heartbeats and n.state != "booting" and now - n.heartbeat > s.lost_after:
+                reason = f"no heartbeat for {now - n.heartbeat:.0f} s"
+            elif heartbeats and n.state == "booting" and now - n.updated > s.boot_timeout:
+                reason = f"still booting after {now - n.updated:.0f} s"
+            if reason:
+                log.warning("node %s is lost: %s", n.instance_id, reason)
+                if self.healer is not None:
+                    self.healer.avoid_pool_of(self.live.get(n.instance_id), n)
+                if self.reg.set_node_state(self.cluster, n, "lost", reason):
+                    lost.append(n.instance_id)
+        self._forget_old_lost(now)
+        return lost
+
+    def _forget_old_lost(self, now: float) -> None:
+        for n in self.members:
+            if n.state == "lost" and n.instance_id not in self.live \
+                    and now - n.updated > self.settings.lost_kept:
+                self.reg.delete_node(self.cluster, n)
+
+    def heal(self) -> None:
+        if self.healer is not None:
+            self.healer.heal(self.members, self.live, self.master_state)
+
+    # -- every node -------------------------------------------------------------------
     def check_notice(self) -> bool:
-        """Spot interruption or rebalance recommendation -> draining (once). True if it drained."""
+        """Spot interruption or rebalance recommendation -> draining (once)."""
         if self.draining or self.imds is None:
             return False
         notice = self.imds.interruption() or self.imds.rebalance()
         if not notice:
             return False
-        log.warning("notice %s: draining %s", notice, self.node.instance_id)
-        self.reg.set_node_state(self.cluster, self.node.instance_id, "draining")
+        reason = "spot interruption notice" + (f" ({notice.get('action')} at {notice['time']})"
+                                               if "time" in notice else "")
+        log.warning("%s: draining %s", reason, self.node.instance_id)
+        self.reg.set_node_state(self.cluster, self.node, "draining", reason)
+        if self.run_dir is not None:
+            atomic_write(self.run_dir / "notice.json", json.dumps(notice))
         self.draining = True
         return True
 
     def beat(self) -> None:
-        self.reg.heartbeat(self.cluster, self.node.instance_id)
+        """Heartbeat; if the master marked this node lost meanwhile, register again."""
+        if self.reg.heartbeat(self.cluster, self.node, sessions=self.sessions()):
+            return
+        if self.draining:
+            return
+        log.warning("the registry says %s is lost or gone: registering again",
+                    self.node.instance_id)
+        self.node.state, self.node.reason = "ready", "rejoined"
+        self.reg.put_node(self.cluster, self.node)
 
     # -- loop -------------------------------------------------------------------------
+    def duties(self) -> list:
+        s = self.settings
+        duties = [(s.notice_every, self.check_notice)]
+        if self.is_master:
+            duties += [(s.poll, self.check_membership),
+                       (s.liveness_every, self.check_liveness),
+                       (s.heartbeat_check_every, lambda: self.check_liveness(heartbeats=True)),
+                       (s.liveness_every, self.heal),
+                       (s.master_heartbeat_every, self.beat)]
+        else:
+            duties.append((s.heartbeat_every, self.beat))
+        return duties
+
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; each duty on its own period; errors are logged, never fatal."""
-        duties = [(self.notice_every, self.check_notice), (self.heartbeat_every, self.beat)]
-        if self.is_master:
-            duties.insert(0, (self.poll, self.check_membership))
+        duties = self.duties()
         due = [0.0] * len(duties)
         while not stop.is_set():
             now = time.monotonic()
@@ -92,12 +216,12 @@ class Watcher:
                     due[i] = now + period
                     try:
                         duty()
-                    except Exception as err:  # noqa: BLE001 - a network blip must not end the watcher
-                        log.warning("%s failed: %s", duty.__name__, err)
+                    except Exception as err:  # noqa: BLE001 - a network blip must not end it
+                        log.warning("%s failed: %s", getattr(duty, "__name__", "duty"), err)
             stop.wait(max(0.01, min(due) - time.monotonic()))
         if self.deregister:
             try:
-                self.reg.delete_node(self.cluster, self.node.instance_id)
+                self.reg.delete_node(self.cluster, self.node)
                 log.info("deregistered %s", self.node.instance_id)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - shutting down anyway
                 log.warning("deregister failed: %s", err)

@@ -1,134 +1,199 @@
-"""The per-cluster instance role and profile: the ONLY AWS access a node has.
+"""The cluster's node roles: the ONLY AWS access a node has, one role per kind of node.
 
-Why least privilege: a compromised node must not reach another cluster's keys or
-registry items. So S3 access is scoped to clusters/NAME/, DynamoDB access to items
-whose partition key is NAME (dynamodb:LeadingKeys), and EC2 to two read calls, which
-cannot be resource-scoped (the documented exception for Describe*).
+Why two roles: any process on a node can read its role's credentials, so a worker role must
+grant only what a worker needs (read the cluster's keys and state, write its own node item).
+The master runs healing, so its role may also mark nodes lost, launch from the cluster's
+worker launch template and terminate the cluster's own instances, all scoped by resource,
+tag or launch-template conditions. docs/internals.md has the table of who writes what.
+
+Names carry the region (IAM is global, clusters are per region) and fit IAM's 64
+characters; a role is adopted only if it is tagged with this cluster and region.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
-from ..config import REGISTRY_TABLE, ResourceNames, cluster_tags
-from ..errors import explain_client_error
+from ..config import REGISTRY_TABLE, TAG_CLUSTER, ResourceNames, cluster_tags
+from ..errors import CloudError, explain_client_error
+from .registry import MEMBERS_INDEX
 from .session import AwsSession, ClientError, error_code
 
 POLICY_NAME = "ec2mpi-node"
+TAG_REGION = "ec2mpi:region"
 TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-# Transactions are authorised per item action; ConditionCheckItem covers ConditionCheck.
-REGISTRY_ACTIONS = [
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-    "dynamodb:ConditionCheckItem",
-]
-EC2_READ_ACTIONS = ["ec2:DescribeInstances", "ec2:DescribeInstanceTypes"]
+KINDS = ("master", "worker")
 
 
-def node_policy(cluster: str, bucket: str, region: str, account: str, storage: str,
-                partition: str = "aws") -> dict:
-    """The inline policy document for one cluster's nodes."""
-    prefix = ResourceNames(cluster).key_prefix
-    table_arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{REGISTRY_TABLE}"
+@dataclass(frozen=True)
+class PolicyScope:
+    """Everything a node policy names: the cluster and where its state lives."""
+    cluster: str
+    bucket: str
+    region: str
+    account: str
+    storage: str
+    partition: str = "aws"
+    launch_template_id: str = "*"     # the worker launch template (the master launches from it)
+    worker_role_arn: str = ""         # what the master may pass to the instances it launches
+
+    def arn(self, service: str, resource: str, region: bool = True, account: bool = True) -> str:
+        return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
+                f"{self.account if account else ''}:{resource}")
+
+    @property
+    def table(self) -> str:
+        return self.arn("dynamodb", f"table/{REGISTRY_TABLE}")
+
+
+def _leading(*keys: str, like: bool = False) -> dict:
+    op = "ForAllValues:StringLike" if like else "ForAllValues:StringEquals"
+    return {op: {"dynamodb:LeadingKeys": list(keys)}}
+
+
+def worker_policy(scope: PolicyScope) -> dict:
+    """Read the cluster's keys, wheel and state; write its own node item and bump the epoch."""
+    c, prefix = scope.cluster, ResourceNames(scope.cluster).key_prefix
     statements = [
-        {
-            "Sid": "ReadOwnClusterObjects",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject"],
-            "Resource": [f"arn:{partition}:s3:::{bucket}/{prefix}*"],
-        },
-        {
-            "Sid": "OwnRegistryItems",
-            "Effect": "Allow",
-            "Action": REGISTRY_ACTIONS,
-            "Resource": [table_arn],
-            "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [cluster]}},
-        },
-        {
-            "Sid": "DescribeRegistryTable",
-            "Effect": "Allow",
-            "Action": ["dynamodb:DescribeTable"],
-            "Resource": [table_arn],
-        },
-        {"Sid": "Ec2ReadOnly", "Effect": "Allow", "Action": EC2_READ_ACTIONS, "Resource": ["*"]},
+        {"Sid": "ReadOwnClusterObjects", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}/{prefix}*"]},
+        {"Sid": "ReadClusterAndEpoch", "Effect": "Allow", "Action": ["dynamodb:GetItem"],
+         "Resource": [scope.table], "Condition": _leading(c, f"{c}#epoch")},
+        {"Sid": "OwnNodeItem", "Effect": "Allow",
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem"],
+         "Resource": [scope.table], "Condition": _leading(f"{c}#node#${{aws:userid}}")},
+        {"Sid": "BumpTheEpochOnly", "Effect": "Allow", "Action": ["dynamodb:UpdateItem"],
+         "Resource": [scope.table],
+         "Condition": {"ForAllValues:StringEquals": {
+             "dynamodb:LeadingKeys": [f"{c}#epoch"],
+             "dynamodb:Attributes": ["pk", "sk", "epoch"]}}},
     ]
-    if storage == "s3fs":
+    if scope.storage == "s3fs":
         shared = f"{prefix}shared/"
         statements += [
-            {
-                "Sid": "ListOwnSharedPrefix",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": [f"arn:{partition}:s3:::{bucket}"],
-                "Condition": {"StringLike": {"s3:prefix": [shared, f"{shared}*"]}},
-            },
-            {
-                "Sid": "WriteOwnSharedPrefix",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:DeleteObject"],
-                "Resource": [f"arn:{partition}:s3:::{bucket}/{shared}*"],
-            },
+            {"Sid": "ListOwnSharedPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}"],
+             "Condition": {"StringLike": {"s3:prefix": [shared, f"{shared}*"]}}},
+            {"Sid": "WriteOwnSharedPrefix", "Effect": "Allow",
+             "Action": ["s3:PutObject", "s3:DeleteObject"],
+             "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}/{shared}*"]},
         ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-class NodeRole:
-    def __init__(self, session: AwsSession, cluster: str):
-        self.iam = session.client("iam")
-        self.cluster = cluster
-        self.names = ResourceNames(cluster)
+def master_policy(scope: PolicyScope) -> dict:
+    """A worker's rights, plus what healing needs: membership, the master state, launching
+    from the worker template, terminating the cluster's own instances."""
+    c = scope.cluster
+    instance_arns = [scope.arn("ec2", f"{kind}/*") for kind in
+                     ("instance", "volume", "network-interface", "spot-instances-request",
+                      "fleet")]
+    lt_arn = scope.arn("ec2", f"launch-template/{scope.launch_template_id}")
+    own_tag = {f"aws:RequestTag/{TAG_CLUSTER}": c}
+    statements = worker_policy(scope)["Statement"] + [
+        {"Sid": "Membership", "Effect": "Allow",
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem"],
+         "Resource": [scope.table],
+         "Condition": _leading(f"{c}#node#*", f"{c}#master", f"{c}#epoch", like=True)},
+        {"Sid": "ListMembers", "Effect": "Allow", "Action": ["dynamodb:Query"],
+         "Resource": [f"{scope.table}/index/{MEMBERS_INDEX}"], "Condition": _leading(c)},
+        {"Sid": "SeeInstances", "Effect": "Allow",
+         "Action": ["ec2:DescribeInstances", "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeSubnets", "ec2:DescribeLaunchTemplateVersions"],
+         "Resource": ["*"]},
+        {"Sid": "LaunchTaggedFromTheWorkerTemplate", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"], "Resource": instance_arns,
+         "Condition": {"StringEquals": own_tag, "ArnLike": {"ec2:LaunchTemplate": lt_arn}}},
+        {"Sid": "LaunchFromTheWorkerTemplate", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+         "Resource": [lt_arn, scope.arn("ec2", "subnet/*"), scope.arn("ec2", "security-group/*"),
+                      scope.arn("ec2", "image/*", account=False)]},
+        {"Sid": "TagOnlyAtLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
+         "Resource": instance_arns,
+         "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"],
+                                        **own_tag}}},
+        {"Sid": "TerminateOwnInstances", "Effect": "Allow", "Action": ["ec2:TerminateInstances"],
+         "Resource": [scope.arn("ec2", "instance/*")],
+         "Condition": {"StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": c}}},
+    ]
+    if scope.worker_role_arn:
+        statements.append(
+            {"Sid": "PassTheWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
+             "Resource": [scope.worker_role_arn],
+             "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}})
+    return {"Version": "2012-10-17", "Statement": statements}
 
-    def ensure(self, policy: dict) -> str:
-        """Role + inline policy + instance profile, idempotently. Returns the profile ARN."""
-        n = self.names
-        tags = cluster_tags(self.cluster)
+
+class NodeRole:
+    """One kind (master or worker) of a cluster's node role and instance profile."""
+
+    def __init__(self, session: AwsSession, cluster: str, kind: str = "worker"):
+        if kind not in KINDS:
+            raise ValueError(kind)
+        self.iam = session.client("iam")
+        self.cluster, self.kind, self.region = cluster, kind, session.region
+        self.name = role_name(cluster, self.region, kind)
+
+    def ensure(self, policy: dict) -> tuple[str, str, str]:
+        """Role + inline policy + instance profile, idempotently: (profile ARN, role ARN,
+        role id). A role of the same name that is not this cluster's is never adopted."""
+        tags = cluster_tags(self.cluster, **{TAG_REGION: self.region})
         try:
-            self.iam.create_role(RoleName=n.role, AssumeRolePolicyDocument=json.dumps(TRUST),
-                                 Description=f"ec2mpi nodes of cluster {self.cluster}", Tags=tags)
+            role = self.iam.create_role(RoleName=self.name, Tags=tags,
+                                        AssumeRolePolicyDocument=json.dumps(TRUST),
+                                        Description=f"ec2mpi {self.kind}s of cluster "
+                                                    f"{self.cluster} in {self.region}")["Role"]
         except ClientError as err:
             if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateRole", err) from err
+            role = self.iam.get_role(RoleName=self.name)["Role"]
+            self._check_ours(role)
+        self.put_policy(policy)
         try:
-            self.iam.put_role_policy(
-                RoleName=n.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy)
-            )
-        except ClientError as err:
-            raise explain_client_error("iam:PutRolePolicy", err) from err
-        try:
-            arn = self.iam.create_instance_profile(InstanceProfileName=n.instance_profile,
-                                                   Tags=tags)["InstanceProfile"]["Arn"]
+            self.iam.create_instance_profile(InstanceProfileName=self.name, Tags=tags)
         except ClientError as err:
             if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateInstanceProfile", err) from err
-            arn = None
-        profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)[
-            "InstanceProfile"
-        ]
-        if not any(r["RoleName"] == n.role for r in profile.get("Roles", [])):
+        profile = self.iam.get_instance_profile(InstanceProfileName=self.name)["InstanceProfile"]
+        if not any(r["RoleName"] == self.name for r in profile.get("Roles", [])):
             try:
-                self.iam.add_role_to_instance_profile(
-                    InstanceProfileName=n.instance_profile, RoleName=n.role
-                )
+                self.iam.add_role_to_instance_profile(InstanceProfileName=self.name,
+                                                      RoleName=self.name)
             except ClientError as err:
                 if error_code(err) != "LimitExceeded":  # already has a role (a racing resume)
                     raise explain_client_error("iam:AddRoleToInstanceProfile", err) from err
-        return arn or profile["Arn"]
+        return profile["Arn"], role["Arn"], role["RoleId"]
+
+    def put_policy(self, policy: dict) -> None:
+        try:
+            self.iam.put_role_policy(RoleName=self.name, PolicyName=POLICY_NAME,
+                                     PolicyDocument=json.dumps(policy))
+        except ClientError as err:
+            raise explain_client_error("iam:PutRolePolicy", err) from err
+
+    def _check_ours(self, role: dict) -> None:
+        tags = {t["Key"]: t["Value"] for t in role.get("Tags") or self.iam.list_role_tags(
+            RoleName=self.name).get("Tags", [])}
+        if tags.get(TAG_CLUSTER) != self.cluster or tags.get(TAG_REGION) != self.region:
+            raise CloudError(f"IAM role {self.name} exists but is not cluster {self.cluster}'s "
+                             f"in {self.region} (tags {tags})",
+                             "it was made by someone else: delete or rename it, or choose "
+                             "another cluster name")
 
     def wait_usable(self, timeout: float = 60.0) -> None:
         """IAM is eventually consistent: wait until the profile shows its role (bounded)."""
         waiter = self.iam.get_waiter("instance_profile_exists")
-        waiter.wait(InstanceProfileName=self.names.instance_profile,
+        waiter.wait(InstanceProfileName=self.name,
                     WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(timeout))})
 
     def policy(self) -> dict | None:
         try:
-            doc = self.iam.get_role_policy(RoleName=self.names.role, PolicyName=POLICY_NAME)[
-                "PolicyDocument"
-            ]
+            doc = self.iam.get_role_policy(RoleName=self.name,
+                                           PolicyName=POLICY_NAME)["PolicyDocument"]
         except ClientError as err:
             if error_code(err) == "NoSuchEntity":
                 return None
@@ -138,50 +203,59 @@ class NodeRole:
     def exists(self) -> dict:
         """Which of role / profile exist (for destroy's verification and tests)."""
         out = {}
-        for kind, call in (("role", lambda: self.iam.get_role(RoleName=self.names.role)),
+        for kind, call in (("role", lambda: self.iam.get_role(RoleName=self.name)),
                            ("instance_profile", lambda: self.iam.get_instance_profile(
-                               InstanceProfileName=self.names.instance_profile))):
+                               InstanceProfileName=self.name))):
             try:
                 call()
                 out[kind] = True
             except ClientError as err:
                 if error_code(err) != "NoSuchEntity":
-                    raise explain_client_error(
-                        f"iam:Get{kind.title().replace('_', '')}", err
-                    ) from err
+                    raise explain_client_error(f"iam:Get{kind.title().replace('_', '')}",
+                                               err) from err
                 out[kind] = False
         return out
 
     def delete(self) -> list[str]:
-        """Profile (after detaching the role), inline policies, role. Missing parts are fine."""
-        n, removed = self.names, []
+        """Profile (after detaching the role), inline policies, role. Missing parts are fine;
+        a role that is not this cluster's is left alone."""
+        removed = []
         try:
-            profile = self.iam.get_instance_profile(InstanceProfileName=n.instance_profile)[
-                "InstanceProfile"
-            ]
+            self._check_ours(self.iam.get_role(RoleName=self.name)["Role"])
+        except ClientError as err:
+            if error_code(err) != "NoSuchEntity":
+                raise explain_client_error("iam:GetRole", err) from err
+        try:
+            profile = self.iam.get_instance_profile(
+                InstanceProfileName=self.name)["InstanceProfile"]
             for role in profile.get("Roles", []):
-                self.iam.remove_role_from_instance_profile(InstanceProfileName=n.instance_profile,
+                self.iam.remove_role_from_instance_profile(InstanceProfileName=self.name,
                                                            RoleName=role["RoleName"])
-            self.iam.delete_instance_profile(InstanceProfileName=n.instance_profile)
-            removed.append(f"instance-profile/{n.instance_profile}")
+            self.iam.delete_instance_profile(InstanceProfileName=self.name)
+            removed.append(f"instance-profile/{self.name}")
         except ClientError as err:
             if error_code(err) != "NoSuchEntity":
                 raise explain_client_error("iam:DeleteInstanceProfile", err) from err
         try:
-            for pname in self.iam.list_role_policies(RoleName=n.role)["PolicyNames"]:
-                self.iam.delete_role_policy(RoleName=n.role, PolicyName=pname)
-            for att in self.iam.list_attached_role_policies(RoleName=n.role)["AttachedPolicies"]:
-                self.iam.detach_role_policy(RoleName=n.role, PolicyArn=att["PolicyArn"])
+            for pname in self.iam.list_role_policies(RoleName=self.name)["PolicyNames"]:
+                self.iam.delete_role_policy(RoleName=self.name, PolicyName=pname)
+            for att in self.iam.list_attached_role_policies(RoleName=self.name)["AttachedPolicies"]:
+                self.iam.detach_role_policy(RoleName=self.name, PolicyArn=att["PolicyArn"])
             for attempt in range(5):
                 try:
-                    self.iam.delete_role(RoleName=n.role)
+                    self.iam.delete_role(RoleName=self.name)
                     break
                 except ClientError as err:
                     if error_code(err) != "DeleteConflict" or attempt == 4:
                         raise
                     time.sleep(0.5 * 2 ** attempt)
-            removed.append(f"role/{n.role}")
+            removed.append(f"role/{self.name}")
         except ClientError as err:
             if error_code(err) != "NoSuchEntity":
                 raise explain_client_error("iam:DeleteRole", err) from err
         return removed
+
+
+def role_name(cluster: str, region: str, kind: str) -> str:
+    """ec2mpi-NAME-REGION-KIND: at most 7 + 32 + 1 + 15 + 1 + 6 = 62 characters."""
+    return f"ec2mpi-{cluster}-{region}-{kind}"

@@ -29,6 +29,8 @@ class Instance:
     public_ip: str
     launch_time: float
     tags: dict
+    zone: str = ""
+    image: str = ""
 
     @classmethod
     def from_api(cls, d: dict) -> Instance:
@@ -37,7 +39,8 @@ class Instance:
                    "spot" if d.get("InstanceLifecycle") == "spot" else "on-demand",
                    d.get("PrivateIpAddress", ""), d.get("PublicIpAddress", ""),
                    lt.timestamp() if hasattr(lt, "timestamp") else 0.0,
-                   {t["Key"]: t["Value"] for t in d.get("Tags", [])})
+                   {t["Key"]: t["Value"] for t in d.get("Tags", [])},
+                   d.get("Placement", {}).get("AvailabilityZone", ""), d.get("ImageId", ""))
 
 
 def _ip_key(ip: str) -> tuple:
@@ -56,6 +59,7 @@ class LaunchRequest:
     spot: bool = True
     role: str = "worker"
     placement_group: str | None = None
+    avoid: frozenset = frozenset()   # (instance type, AZ) pools to leave out, if others remain
 
 
 PROFILE_RETRIES = (
@@ -151,13 +155,15 @@ class Instances:
     def _fleet_request(self, req: LaunchRequest, missing: int, client_token: str) -> dict:
         """The CreateFleet arguments: one override per (type, subnet), spot or on-demand."""
         subnets = req.subnets[:1] if req.placement_group else req.subnets  # a cluster PG is one AZ
+        pools = [(itype, sub) for itype in req.instance_types for sub in subnets]
+        kept = [(t, sub) for t, sub in pools
+                if not {(t, sub.get("AvailabilityZone", "")), (t, "")} & req.avoid]
         overrides = []
-        for itype in req.instance_types:
-            for sub in subnets:
-                o = {"InstanceType": itype, "SubnetId": sub["SubnetId"]}
-                if req.placement_group:
-                    o["Placement"] = {"GroupName": req.placement_group}
-                overrides.append(o)
+        for itype, sub in kept or pools:
+            o = {"InstanceType": itype, "SubnetId": sub["SubnetId"]}
+            if req.placement_group:
+                o["Placement"] = {"GroupName": req.placement_group}
+            overrides.append(o)
         tags = cluster_tags(self.cluster, **{TAG_LAUNCH: req.token, TAG_ROLE: req.role})
         kwargs = {
             "Type": "instant",

@@ -1,7 +1,10 @@
 """The private key-store bucket: one per account and region, objects under clusters/NAME/.
 
 Why so strict: the cluster's private keys live here. The bucket blocks every kind of
-public access, encrypts by default and denies any request made without TLS.
+public access, encrypts by default and denies any request made without TLS. Its name is
+predictable, so anyone could create it first: every call names the expected owner
+(ExpectedBucketOwner), and a bucket owned by another account is refused before anything
+is uploaded. The keys travel as ONE object (keys.json), so a booting node pays one GET.
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import json
 from ..config import ResourceNames, bucket_name
 from ..errors import CloudError, explain_client_error
 from ..keys import ClusterKeys
-from .session import AwsSession, ClientError
+from .session import AwsSession, ClientError, error_code
 
 PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True,
                        "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+KEY_BUNDLE = "keys.json"
+FOREIGN = ("403", "AccessDenied", "Forbidden")
 
 
 def tls_only_policy(bucket: str) -> dict:
@@ -25,25 +30,46 @@ def tls_only_policy(bucket: str) -> dict:
 
 
 class KeyStore:
-    def __init__(self, session: AwsSession, bucket: str | None = None):
+    """`owner` is the account the bucket must belong to (the caller's own by default)."""
+
+    def __init__(self, session: AwsSession, bucket: str | None = None, owner: str | None = None):
         self.session = session
         self.s3 = session.client("s3")
-        self.bucket = bucket or bucket_name(session.account_id(), session.region)
+        self.owner = owner or session.account_id()
+        self.bucket = bucket or bucket_name(self.owner, session.region)
         self._exists = False
         self._hardened = False
 
+    def _call(self, operation: str, method: str, **kwargs):
+        """One S3 call on our bucket, always naming its expected owner."""
+        try:
+            return getattr(self.s3, method)(Bucket=self.bucket, ExpectedBucketOwner=self.owner,
+                                            **kwargs)
+        except ClientError as err:
+            if error_code(err) in FOREIGN and method == "head_bucket":
+                raise self._foreign() from err
+            raise explain_client_error(operation, err) from err
+
+    def _foreign(self) -> CloudError:
+        return CloudError(f"bucket {self.bucket} exists but is not owned by account "
+                          f"{self.owner}: refusing to store cluster keys in it",
+                          "someone else created this name first; nothing was uploaded")
+
     # -- bucket -----------------------------------------------------------------
     def exists(self) -> bool:
+        """True if our bucket exists; CloudError if a bucket of that name is someone else's."""
         if self._exists:
             return True       # buckets are not deleted by ec2mpi: once seen, it stays
         try:
-            self.s3.head_bucket(Bucket=self.bucket)
-            self._exists = True
-            return True
+            self.s3.head_bucket(Bucket=self.bucket, ExpectedBucketOwner=self.owner)
         except ClientError as err:
-            if err.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(err) in ("404", "NoSuchBucket", "NotFound"):
                 return False
+            if error_code(err) in FOREIGN:
+                raise self._foreign() from err
             raise explain_client_error("s3:HeadBucket", err) from err
+        self._exists = True
+        return True
 
     def ensure_bucket(self) -> bool:
         """Create and harden the bucket on first use. Returns True if it was created.
@@ -58,53 +84,49 @@ class KeyStore:
                 self._hardened = True
             return False
         region = self.session.region
-        kwargs = (
-            {}
-            if region == "us-east-1"
-            else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        )
+        kwargs = ({} if region == "us-east-1"
+                  else {"CreateBucketConfiguration": {"LocationConstraint": region}})
         try:
             self.s3.create_bucket(Bucket=self.bucket, **kwargs)
         except ClientError as err:
-            if err.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            if error_code(err) == "BucketAlreadyExists":
+                raise self._foreign() from err
+            if error_code(err) != "BucketAlreadyOwnedByYou":
                 raise explain_client_error("s3:CreateBucket", err) from err
+        self.exists()            # and it is ours: checked before anything goes in
         self.harden()
         self._exists = self._hardened = True
         return True
 
     def _has_policy(self) -> bool:
         try:
-            current = json.loads(self.s3.get_bucket_policy(Bucket=self.bucket)["Policy"])
+            current = json.loads(self.s3.get_bucket_policy(
+                Bucket=self.bucket, ExpectedBucketOwner=self.owner)["Policy"])
         except ClientError as err:
-            if err.response["Error"]["Code"] == "NoSuchBucketPolicy":
+            if error_code(err) == "NoSuchBucketPolicy":
                 return False
             raise explain_client_error("s3:GetBucketPolicy", err) from err
         return current == tls_only_policy(self.bucket)
 
     def harden(self) -> None:
         """Block Public Access (all four), default encryption, TLS-only policy. Idempotent."""
-        calls = [
-            ("s3:PutPublicAccessBlock", lambda: self.s3.put_public_access_block(
-                Bucket=self.bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)),
-            ("s3:PutBucketEncryption", lambda: self.s3.put_bucket_encryption(
-                Bucket=self.bucket, ServerSideEncryptionConfiguration={"Rules": [
-                    {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-                     "BucketKeyEnabled": True}]})),
-            ("s3:PutBucketPolicy", lambda: self.s3.put_bucket_policy(
-                Bucket=self.bucket, Policy=json.dumps(tls_only_policy(self.bucket)))),
-        ]
-        for op, call in calls:
-            try:
-                call()
-            except ClientError as err:
-                raise explain_client_error(op, err) from err
+        self._call("s3:PutPublicAccessBlock", "put_public_access_block",
+                   PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
+        self._call("s3:PutBucketEncryption", "put_bucket_encryption",
+                   ServerSideEncryptionConfiguration={"Rules": [
+                       {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                        "BucketKeyEnabled": True}]})
+        self._call("s3:PutBucketPolicy", "put_bucket_policy",
+                   Policy=json.dumps(tls_only_policy(self.bucket)))
 
     def hardening(self) -> dict:
         """Read the hardening back (for tests and 'doctor'-style checks)."""
-        pab = self.s3.get_public_access_block(Bucket=self.bucket)["PublicAccessBlockConfiguration"]
-        enc = self.s3.get_bucket_encryption(Bucket=self.bucket)["ServerSideEncryptionConfiguration"]
-        policy = json.loads(self.s3.get_bucket_policy(Bucket=self.bucket)["Policy"])
-        return {"public_access_block": pab, "encryption": enc, "policy": policy}
+        pab = self._call("s3:GetPublicAccessBlock", "get_public_access_block")
+        enc = self._call("s3:GetBucketEncryption", "get_bucket_encryption")
+        policy = self._call("s3:GetBucketPolicy", "get_bucket_policy")
+        return {"public_access_block": pab["PublicAccessBlockConfiguration"],
+                "encryption": enc["ServerSideEncryptionConfiguration"],
+                "policy": json.loads(policy["Policy"])}
 
     # -- objects ----------------------------------------------------------------
     @staticmethod
@@ -113,24 +135,20 @@ class KeyStore:
 
     def put(self, cluster: str, name: str, data: bytes) -> str:
         key = self.prefix(cluster) + name
-        try:
-            self.s3.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ServerSideEncryption="AES256"
-            )
-        except ClientError as err:
-            raise explain_client_error("s3:PutObject", err) from err
+        self._call("s3:PutObject", "put_object", Key=key, Body=data,
+                   ServerSideEncryption="AES256")
         return key
 
     def get(self, cluster: str, name: str) -> bytes:
         key = self.prefix(cluster) + name
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.s3.get_object(Bucket=self.bucket, Key=key,
+                                      ExpectedBucketOwner=self.owner)["Body"].read()
         except ClientError as err:
-            if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                raise CloudError(
-                    f"s3://{self.bucket}/{key} is missing",
-                    "the cluster's key store was deleted; destroy and re-create the cluster",
-                ) from None
+            if error_code(err) in ("NoSuchKey", "404"):
+                raise CloudError(f"s3://{self.bucket}/{key} is missing",
+                                 "the cluster's key store was deleted; destroy and re-create "
+                                 "the cluster") from None
             raise explain_client_error("s3:GetObject", err) from err
 
     def list(self, cluster: str, sub: str = "") -> list[str]:
@@ -138,12 +156,8 @@ class KeyStore:
         if not self.exists():
             return keys
         while True:
-            try:
-                resp = self.s3.list_objects_v2(
-                    Bucket=self.bucket, Prefix=self.prefix(cluster) + sub, **kwargs
-                )
-            except ClientError as err:
-                raise explain_client_error("s3:ListObjectsV2", err) from err
+            resp = self._call("s3:ListObjectsV2", "list_objects_v2",
+                              Prefix=self.prefix(cluster) + sub, **kwargs)
             keys += [o["Key"] for o in resp.get("Contents", [])]
             if not resp.get("IsTruncated"):
                 return keys
@@ -153,29 +167,21 @@ class KeyStore:
         """Delete every object under clusters/NAME/ (keys, wheel, s3fs shared data)."""
         keys = self.list(cluster)
         for i in range(0, len(keys), 1000):
-            try:
-                self.s3.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-            except ClientError as err:
-                raise explain_client_error("s3:DeleteObjects", err) from err
+            self._call("s3:DeleteObjects", "delete_objects", Delete={
+                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
         return keys
 
     # -- what the cluster stores --------------------------------------------------
     def put_keys(self, cluster: str, keys: ClusterKeys) -> None:
-        for name, data in keys.objects().items():
-            self.put(cluster, name, data)
+        bundle = {name: data.decode() for name, data in keys.objects().items()}
+        self.put(cluster, KEY_BUNDLE, json.dumps(bundle).encode())
 
     def get_keys(self, cluster: str) -> ClusterKeys:
-        from ..keys import HOST_KEY, HOST_KEY_PUB, IDENTITY, IDENTITY_PUB
-
-        return ClusterKeys.from_objects(
-            {n: self.get(cluster, n) for n in (IDENTITY, IDENTITY_PUB, HOST_KEY, HOST_KEY_PUB)}
-        )
+        bundle = json.loads(self.get(cluster, KEY_BUNDLE))
+        return ClusterKeys.from_objects({name: text.encode() for name, text in bundle.items()})
 
     def has_keys(self, cluster: str) -> bool:
-        from ..keys import HOST_KEY_PUB, IDENTITY
-        present = set(self.list(cluster))
-        return {self.prefix(cluster) + IDENTITY, self.prefix(cluster) + HOST_KEY_PUB} <= present
+        return self.prefix(cluster) + KEY_BUNDLE in set(self.list(cluster))
 
     def put_wheel(self, cluster: str, name: str, data: bytes) -> str:
         """Upload the client's own wheel; returns its key (the user-data's wheel_key)."""

@@ -1,47 +1,90 @@
-"""The cluster registry: one DynamoDB table per account and region.
+"""The cluster registry: one DynamoDB table per account and region. The only definition of
+its schema; docs/internals.md has the table of who writes and who reads each item.
 
-Schema (the only definition of it):
-  partition key `cluster` (S) = cluster name
-  sort key      `item`    (S) = "cluster" for the cluster item, "node#<instance-id>" for nodes
-Cluster item: epoch (N), spec (S, JSON), status (S), master (S, instance id), created (N),
-              launch_token (S: the create launch's idempotency token, written before the
-              launch call),
-              hostfile_epoch (N: the epoch the master's hostfile reflects, written by its watcher).
-Node item: instance_id, role, private_ip, hostname, slots (N), lifecycle, instance_type,
-           state (booting|ready|draining), heartbeat (N), updated (N).
+Key schema: `pk` (S, hash) and `sk` (S, range); the sparse index `members` (hash
+`member_of`, range `instance_id`, all attributes) lists a cluster's node items.
 
-Every membership change (a node added, changing state, or removed) is ONE transaction
-that writes the node item and adds exactly 1 to the cluster item's epoch, both
-conditional. Watchers poll only the epoch (one small read) and read the node list only
-when it moved.
+  item          pk                          sk       written by                 read by
+  cluster       NAME                        cluster  client                     everyone
+  epoch         NAME#epoch                  epoch    everyone (ADD epoch only)  everyone
+  master state  NAME#master                 state    master, client             master, client
+  node          NAME#node#ROLEID:INSTANCE   node     that node; master, client  master, client
+
+Why this shape:
+- Trust: the node roles may write only what they own, by IAM `dynamodb:LeadingKeys`. A
+  node's item key ends with its own `${aws:userid}` (role id : instance id, as AWS sets it
+  for instance roles), so a worker can write its own item and nothing else; the client's
+  spec, status and launch token sit where no node can write. Readers still validate every
+  node item (see Node.problem): the key must name the instance and the role it claims.
+- Scale: no hot transaction. A membership change is a write to the node's own item, then
+  an atomic ADD to the epoch item (no transaction, so concurrent boots never cancel each
+  other). Watchers read the small epoch item each poll and the node list only when it
+  moved: O(1) requests per poll at any cluster size.
 """
 from __future__ import annotations
 
+import ipaddress
 import random
+import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from ..config import REGISTRY_TABLE
 from ..errors import CloudError, UserError, explain_client_error
-from .session import AwsSession, ClientError
+from .session import AwsSession, ClientError, error_code
 
-CLUSTER_ITEM = "cluster"
-NODE_ITEM_PREFIX = "node#"
-NODE_STATES = ("booting", "ready", "draining")
+MEMBERS_INDEX = "members"
+NODE_STATES = ("booting", "ready", "draining", "lost")
+LIFECYCLES = ("spot", "on-demand")
+ROLES = ("master", "worker")
 _ser, _de = TypeSerializer(), TypeDeserializer()
+_INSTANCE = re.compile(r"^i-[0-9a-f]{8,17}$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+
+
+def cluster_key(name: str) -> dict:
+    return {"pk": name, "sk": "cluster"}
+
+
+def epoch_key(name: str) -> dict:
+    return {"pk": f"{name}#epoch", "sk": "epoch"}
+
+
+def master_key(name: str) -> dict:
+    return {"pk": f"{name}#master", "sk": "state"}
+
+
+def node_pk(name: str, role_id: str, instance_id: str) -> str:
+    """The node's partition: its role's id and its instance id are the IAM `aws:userid` of
+    its instance-role credentials, which the node policy names in dynamodb:LeadingKeys."""
+    return f"{name}#node#{role_id}:{instance_id}"
+
+
+def _value(v):
+    """DynamoDB takes Decimal, not float (rounded: seconds and such need no more)."""
+    if isinstance(v, float):
+        return Decimal(str(round(v, 3)))
+    if isinstance(v, dict):
+        return {k: _value(x) for k, x in v.items()}
+    return v
 
 
 def _dump(d: dict) -> dict:
-    return {k: _ser.serialize(v) for k, v in d.items() if v is not None}
+    return {k: _ser.serialize(_value(v)) for k, v in d.items() if v is not None}
 
 
 def _plain(value):
     """DynamoDB numbers come back as Decimal; callers want int (or float)."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, set)):
+        return [_plain(v) for v in value]
     return value
 
 
@@ -58,14 +101,54 @@ class Node:
     slots: int
     lifecycle: str = "spot"   # spot | on-demand
     instance_type: str = ""
-    state: str = "booting"
+    state: str = "booting"    # booting | ready | draining | lost
     heartbeat: int = 0
     updated: int = 0
+    reason: str = ""          # why the node is lost or draining, said to the user
+    sessions: int = 0         # open SSH sessions on the node (autostop's idle rule)
+    image: str = ""           # the image the node booted from
+    install_s: float = 0.0    # seconds its boot spent installing (0 on a baked image)
+    key: str = field(default="", compare=False)      # its pk; not an attribute
+    problem: str = field(default="", compare=False)  # why the item cannot be trusted, or ""
 
     @classmethod
-    def from_item(cls, item: dict) -> Node:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in item.items() if k in names})
+    def from_item(cls, item: dict, cluster: str = "", roles: dict | None = None) -> Node:
+        names = {f.name for f in fields(cls)} - {"key", "problem"}
+        node = cls(**{k: v for k, v in item.items() if k in names})
+        node.key = str(item.get("pk", ""))
+        if cluster:
+            node.problem = node_problem(node, cluster, roles or {})
+        return node
+
+    def attributes(self, cluster: str) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k not in ("key", "problem")}
+        return {"pk": self.key, "sk": "node", "member_of": cluster, **data}
+
+
+def node_problem(node: Node, cluster: str, roles: dict) -> str:
+    """Why a node item must not be used ('' if it may). Nodes write their own items, so
+    nothing in them reaches ssh_config, a hostfile or a command line unchecked."""
+    if not _INSTANCE.match(str(node.instance_id)):
+        return "instance id is malformed"
+    if node.role not in ROLES:
+        return "role is unknown"
+    if roles and node.key != node_pk(cluster, roles.get(node.role, "?"), node.instance_id):
+        return f"its key does not name {node.instance_id} with the {node.role} role"
+    try:
+        if ipaddress.ip_address(node.private_ip).version != 4:
+            raise ValueError
+    except ValueError:
+        return "private IP is not an IPv4 address"
+    if not all(_LABEL.match(label) for label in str(node.hostname).split(".")):
+        return "hostname is not a DNS name"
+    if not isinstance(node.slots, int) or isinstance(node.slots, bool) \
+            or not 1 <= node.slots <= 4096:
+        return "slots is not a positive number"
+    if node.state not in NODE_STATES or node.lifecycle not in LIFECYCLES:
+        return "state or lifecycle is unknown"
+    if node.instance_type and not _TYPE.match(str(node.instance_type)):
+        return "instance type is malformed"
+    return ""
 
 
 class ClusterExists(UserError):
@@ -77,7 +160,7 @@ class NoSuchCluster(UserError):
 
 
 class Registry:
-    """Cluster and node records, with the epoch that tells watchers membership moved."""
+    """Cluster, epoch, master-state and node items (see the module docstring)."""
 
     def __init__(self, session: AwsSession, table: str = REGISTRY_TABLE):
         self.session = session
@@ -87,249 +170,230 @@ class Registry:
     # -- table ------------------------------------------------------------------
     def ensure_table(self) -> bool:
         """Create the table on first use (on-demand billing). Returns True if it was created."""
-        try:
-            self.ddb.describe_table(TableName=self.table)
+        if self.table_exists():
             return False
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise explain_client_error("dynamodb:DescribeTable", err) from err
         try:
             self.ddb.create_table(
                 TableName=self.table, BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[{"AttributeName": "cluster", "AttributeType": "S"},
-                                      {"AttributeName": "item", "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": "cluster", "KeyType": "HASH"},
-                           {"AttributeName": "item", "KeyType": "RANGE"}],
+                AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
+                                      for a in ("pk", "sk", "member_of", "instance_id")],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                           {"AttributeName": "sk", "KeyType": "RANGE"}],
+                GlobalSecondaryIndexes=[{
+                    "IndexName": MEMBERS_INDEX, "Projection": {"ProjectionType": "ALL"},
+                    "KeySchema": [{"AttributeName": "member_of", "KeyType": "HASH"},
+                                  {"AttributeName": "instance_id", "KeyType": "RANGE"}]}],
                 Tags=[{"Key": "ec2mpi:registry", "Value": "true"}])
         except ClientError as err:
-            if err.response["Error"]["Code"] != "ResourceInUseException":
+            if error_code(err) != "ResourceInUseException":
                 raise explain_client_error("dynamodb:CreateTable", err) from err
         self.ddb.get_waiter("table_exists").wait(
-            TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-        )
+            TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         return True
 
     def table_exists(self) -> bool:
         try:
             self.ddb.describe_table(TableName=self.table)
             return True
-        except ClientError:
-            return False
-
-    # -- cluster item -----------------------------------------------------------
-    def create_cluster(self, name: str, spec_json: str, status: str = "creating") -> None:
-        """Conditional put: fails with ClusterExists if the name is taken."""
-        try:
-            self.ddb.put_item(
-                TableName=self.table,
-                Item=_dump(
-                    {
-                        "cluster": name,
-                        "item": CLUSTER_ITEM,
-                        "epoch": 0,
-                        "spec": spec_json,
-                        "status": status,
-                        "created": int(time.time()),
-                    }
-                ),
-                ConditionExpression="attribute_not_exists(#c)",
-                ExpressionAttributeNames={"#c": "cluster"},
-            )
         except ClientError as err:
-            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ClusterExists(
-                    f"cluster {name!r} already exists",
-                    "pick another name, or 'ec2mpi destroy " + name + "' first",
-                ) from None
+            if error_code(err) == "ResourceNotFoundException":
+                return False
+            raise explain_client_error("dynamodb:DescribeTable", err) from err
+
+    # -- the client's cluster item ----------------------------------------------
+    def create_cluster(self, name: str, spec_json: str, status: str = "creating") -> None:
+        """Conditional put of the cluster item, its epoch and its master state; fails with
+        ClusterExists if the name is taken."""
+        item = {**cluster_key(name), "spec": spec_json, "status": status,
+                "created": int(time.time())}
+        try:
+            self.ddb.put_item(TableName=self.table, Item=_dump(item),
+                              ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as err:
+            if error_code(err) == "ConditionalCheckFailedException":
+                raise ClusterExists(f"cluster {name!r} already exists",
+                                    f"pick another name, or 'ec2mpi destroy {name}' first") \
+                    from None
             raise explain_client_error("dynamodb:PutItem", err) from err
+        for key in (epoch_key(name), master_key(name)):
+            self._write("dynamodb:PutItem", lambda k=key: self.ddb.put_item(
+                TableName=self.table, Item=_dump(k),
+                ConditionExpression="attribute_not_exists(pk)"),
+                ok=("ConditionalCheckFailedException",))
 
     def get_cluster(self, name: str) -> dict | None:
-        resp = self.ddb.get_item(
-            TableName=self.table,
-            Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
-            ConsistentRead=True,
-        )
-        return _load(resp["Item"]) if "Item" in resp else None
-
-    def require_cluster(self, name: str) -> dict:
-        """The cluster item, or NoSuchCluster (a UserError: exit 2)."""
-        item = self.get_cluster(name)
-        if item is None:
-            raise NoSuchCluster(
-                f"no cluster named {name!r}", "see 'ec2mpi list' for the clusters that exist"
-            )
-        return item
+        return self._get(cluster_key(name))
 
     def update_cluster(self, name: str, **attrs) -> None:
-        """Set attributes on the cluster item (status, master, ...). Not a membership change."""
-        names = {f"#a{i}": k for i, k in enumerate(attrs)}
-        values = {f":v{i}": _ser.serialize(v) for i, v in enumerate(attrs.values())}
-        sets = ", ".join(f"#a{i} = :v{i}" for i in range(len(attrs)))
-        self._update(name, CLUSTER_ITEM, f"SET {sets}", names, values)
-
-    def set_master(self, name: str, instance_id: str) -> str:
-        """Record the master once; returns the master that is recorded (first writer wins)."""
+        """Set attributes of the cluster item (status, master, ...): the client's own state."""
         try:
-            self._update(
-                name,
-                CLUSTER_ITEM,
-                "SET #m = :m",
-                {"#m": "master"},
-                {":m": {"S": instance_id}},
-                extra_condition="attribute_not_exists(#m)",
-            )
-            return instance_id
-        except _ConditionFailed:
-            return self.get_cluster(name)["master"]
-
-    def epoch(self, name: str) -> int | None:
-        """One small consistent read: the watchers' whole steady-state cost."""
-        resp = self.ddb.get_item(
-            TableName=self.table,
-            Key=_dump({"cluster": name, "item": CLUSTER_ITEM}),
-            ProjectionExpression="epoch",
-            ConsistentRead=True,
-        )
-        return int(_de.deserialize(resp["Item"]["epoch"])) if "Item" in resp else None
+            self._set(cluster_key(name), attrs)
+        except _Missing:
+            raise NoSuchCluster(f"no cluster named {name!r}", "it was destroyed") from None
 
     def list_clusters(self) -> list[dict]:
         if not self.table_exists():
             return []
         out, kwargs = [], {}
         while True:
-            resp = self.ddb.scan(TableName=self.table, FilterExpression="#i = :c",
-                                 ExpressionAttributeNames={"#i": "item"},
-                                 ExpressionAttributeValues={":c": {"S": CLUSTER_ITEM}}, **kwargs)
+            resp = self._call("dynamodb:Scan", lambda kw=kwargs: self.ddb.scan(
+                TableName=self.table, FilterExpression="sk = :c",
+                ExpressionAttributeValues={":c": {"S": "cluster"}}, ConsistentRead=True, **kw))
             out += [_load(i) for i in resp["Items"]]
             if "LastEvaluatedKey" not in resp:
-                return sorted(out, key=lambda c: c["cluster"])
+                return sorted(({**i, "cluster": i["pk"]} for i in out), key=lambda c: c["pk"])
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def delete_cluster(self, name: str) -> int:
-        """Delete the cluster item and every node item; returns how many items went."""
-        keys = [{"cluster": name, "item": CLUSTER_ITEM}] + [
-            {"cluster": name, "item": NODE_ITEM_PREFIX + n.instance_id} for n in self.nodes(name)]
+        """Delete every item of the cluster; returns how many went."""
+        keys = [cluster_key(name), epoch_key(name), master_key(name)]
+        keys += [{"pk": n.key, "sk": "node"} for n in self.nodes(name, validate=False)]
         for i in range(0, len(keys), 25):
             batch = [{"DeleteRequest": {"Key": _dump(k)}} for k in keys[i:i + 25]]
             while batch:
-                resp = self.ddb.batch_write_item(RequestItems={self.table: batch})
+                resp = self._call("dynamodb:BatchWriteItem",
+                                  lambda b=batch: self.ddb.batch_write_item(
+                                      RequestItems={self.table: b}))
                 batch = resp.get("UnprocessedItems", {}).get(self.table, [])
         return len(keys)
 
+    # -- epoch and master state -------------------------------------------------
+    def epoch(self, name: str) -> int | None:
+        """One small consistent read: a watcher's whole steady-state cost."""
+        item = self._get(epoch_key(name))
+        return None if item is None else int(item.get("epoch", 0))
+
+    def _bump(self, name: str) -> None:
+        """Membership moved: one atomic ADD (not a transaction, so writers never cancel each
+        other; a retried ADD only costs watchers one extra read)."""
+        self._write("dynamodb:UpdateItem", lambda: self.ddb.update_item(
+            TableName=self.table, Key=_dump(epoch_key(name)), UpdateExpression="ADD epoch :one",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":one": {"N": "1"}}), gone=name)
+
+    def master_state(self, name: str) -> dict:
+        """hostfile_epoch, target size, healing and idle state: what the master keeps."""
+        return self._get(master_key(name)) or {}
+
+    def update_master(self, name: str, bump: bool = False, **attrs) -> None:
+        """Set attributes of the master state; `bump` when the change concerns membership
+        (a new target size), so the master's watcher reads it at its next poll."""
+        try:
+            self._set(master_key(name), attrs)
+        except _Missing:
+            raise NoSuchCluster(f"no cluster named {name!r}", "it was destroyed") from None
+        if bump:
+            self._bump(name)
+
     # -- nodes ------------------------------------------------------------------
-    def nodes(self, name: str) -> list[Node]:
+    def nodes(self, name: str, validate: bool = True) -> list[Node]:
+        """Every node item of the cluster (the members index). With `validate`, each Node
+        carries `problem` when its item cannot be trusted (callers must skip those)."""
+        roles = (self.get_cluster(name) or {}).get("roles", {}) if validate else {}
         out, kwargs = [], {}
         while True:
-            resp = self.ddb.query(
-                TableName=self.table,
-                ConsistentRead=True,
-                KeyConditionExpression="#c = :c AND begins_with(#i, :p)",
-                ExpressionAttributeNames={"#c": "cluster", "#i": "item"},
-                ExpressionAttributeValues={":c": {"S": name}, ":p": {"S": NODE_ITEM_PREFIX}},
-                **kwargs,
-            )
-            out += [Node.from_item(_load(i)) for i in resp["Items"]]
+            resp = self._call("dynamodb:Query", lambda kw=kwargs: self.ddb.query(
+                TableName=self.table, IndexName=MEMBERS_INDEX,
+                KeyConditionExpression="member_of = :c",
+                ExpressionAttributeValues={":c": {"S": name}}, **kw))
+            out += [Node.from_item(_load(i), name if validate else "", roles)
+                    for i in resp["Items"]]
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def put_node(self, name: str, node: Node) -> None:
-        """Register (or re-register) a node: a membership change, so the epoch moves by one."""
+        """Register (or re-register) a node; idempotent. Needs node.key (its own pk)."""
         node.updated = node.heartbeat = int(time.time())
-        put = {
-            "Put": {
-                "TableName": self.table,
-                "Item": _dump(
-                    {"cluster": name, "item": NODE_ITEM_PREFIX + node.instance_id, **asdict(node)}
-                ),
-            }
-        }
-        self._transact(name, put)
+        self._write("dynamodb:PutItem", lambda: self.ddb.put_item(
+            TableName=self.table, Item=_dump(node.attributes(name))))
+        self._bump(name)
 
-    def set_node_state(self, name: str, instance_id: str, state: str) -> None:
-        """Change a node's state (ready, draining, ...): a membership change."""
+    def set_node_state(self, name: str, node: Node, state: str, reason: str = "") -> bool:
+        """Change an existing node's state (ready, draining, lost): a membership change.
+        False if the item is gone."""
         if state not in NODE_STATES:
             raise ValueError(state)
-        update = {
-            "Update": {
-                "TableName": self.table,
-                "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
-                "UpdateExpression": "SET #s = :s, #u = :u",
-                "ConditionExpression": "attribute_exists(#c)",
-                "ExpressionAttributeNames": {"#s": "state", "#u": "updated", "#c": "cluster"},
-                "ExpressionAttributeValues": _dump({":s": state, ":u": int(time.time())}),
-            }
-        }
-        self._transact(name, update)
-
-    def delete_node(self, name: str, instance_id: str) -> bool:
-        """Remove a node item: a membership change. False if it was not there."""
-        delete = {
-            "Delete": {
-                "TableName": self.table,
-                "Key": _dump({"cluster": name, "item": NODE_ITEM_PREFIX + instance_id}),
-                "ConditionExpression": "attribute_exists(#c)",
-                "ExpressionAttributeNames": {"#c": "cluster"},
-            }
-        }
         try:
-            self._transact(name, delete)
+            self._set({"pk": node.key, "sk": "node"},
+                      {"state": state, "reason": reason, "updated": int(time.time())})
+        except _Missing:
+            return False
+        node.state, node.reason = state, reason
+        self._bump(name)
+        return True
+
+    def delete_node(self, name: str, node: Node) -> bool:
+        """Remove a node item: a membership change. False if it was not there."""
+        try:
+            self._call("dynamodb:DeleteItem", lambda: self.ddb.delete_item(
+                TableName=self.table, Key=_dump({"pk": node.key, "sk": "node"}),
+                ConditionExpression="attribute_exists(pk)"))
+        except _Missing:
+            return False
+        self._bump(name)
+        return True
+
+    def heartbeat(self, name: str, node: Node, **extra) -> bool:
+        """Liveness (and e.g. open sessions); not a membership change. False when the item
+        is gone or the master marked the node lost: then it must register again."""
+        try:
+            self._set({"pk": node.key, "sk": "node"}, {"heartbeat": int(time.time()), **extra},
+                      condition="#s <> :lost", values={":lost": "lost"}, names={"#s": "state"})
             return True
-        except _ConditionFailed:
+        except _Missing:
             return False
 
-    def heartbeat(self, name: str, instance_id: str) -> None:
-        """Liveness only: not a membership change, the epoch does not move."""
-        try:
-            self._update(name, NODE_ITEM_PREFIX + instance_id, "SET #h = :h", {"#h": "heartbeat"},
-                         {":h": {"N": str(int(time.time()))}})
-        except _ConditionFailed:
-            pass  # the node was removed meanwhile; nothing to beat for
-
     # -- internals --------------------------------------------------------------
-    def _update(self, name, item, expr, names, values, extra_condition=None):
-        cond = "attribute_exists(#c)" + (f" AND {extra_condition}" if extra_condition else "")
+    def _get(self, key: dict) -> dict | None:
+        resp = self._call("dynamodb:GetItem", lambda: self.ddb.get_item(
+            TableName=self.table, Key=_dump(key), ConsistentRead=True))
+        return _load(resp["Item"]) if "Item" in resp else None
+
+    def _set(self, key: dict, attrs: dict, condition: str = "", values: dict | None = None,
+             names: dict | None = None) -> None:
+        """SET attrs on an existing item (conditionally); _Missing if the condition fails."""
+        sets = ", ".join(f"#a{i} = :v{i}" for i in range(len(attrs)))
+        cond = "attribute_exists(pk)" + (f" AND {condition}" if condition else "")
+        self._call("dynamodb:UpdateItem", lambda: self.ddb.update_item(
+            TableName=self.table, Key=_dump(key), UpdateExpression=f"SET {sets}",
+            ConditionExpression=cond,
+            ExpressionAttributeNames={**{f"#a{i}": k for i, k in enumerate(attrs)},
+                                      **(names or {})},
+            ExpressionAttributeValues={**{f":v{i}": _ser.serialize(_value(v))
+                                          for i, v in enumerate(attrs.values())},
+                                       **_dump(values or {})}))
+
+    def _call(self, operation: str, call):
+        """One request; a failed condition is _Missing, anything else a CloudError."""
         try:
-            self.ddb.update_item(TableName=self.table, Key=_dump({"cluster": name, "item": item}),
-                                 UpdateExpression=expr, ConditionExpression=cond,
-                                 ExpressionAttributeNames={"#c": "cluster", **names},
-                                 ExpressionAttributeValues=values)
+            return call()
         except ClientError as err:
-            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise _ConditionFailed() from None
-            raise explain_client_error("dynamodb:UpdateItem", err) from err
+            if error_code(err) == "ConditionalCheckFailedException":
+                raise _Missing() from None
+            raise explain_client_error(operation, err) from err
 
-    def _transact(self, name: str, node_write: dict) -> None:
-        """node_write + epoch += 1 on an existing cluster item, atomically; retried on conflicts."""
-        bump = {"Update": {
-            "TableName": self.table, "Key": _dump({"cluster": name, "item": CLUSTER_ITEM}),
-            "UpdateExpression": "ADD #e :one", "ConditionExpression": "attribute_exists(#c)",
-            "ExpressionAttributeNames": {"#e": "epoch", "#c": "cluster"},
-            "ExpressionAttributeValues": {":one": {"N": "1"}}}}
-        for attempt in range(12):
+    def _write(self, operation: str, call, ok=(), gone: str = "", attempts: int = 8):
+        """A write retried with jittered backoff on throttling and conflicts (on top of
+        botocore's own retries), so a thousand booting nodes all get through."""
+        for attempt in range(attempts):
             try:
-                self.ddb.transact_write_items(TransactItems=[node_write, bump])
-                return
+                return call()
             except ClientError as err:
-                code = err.response["Error"]["Code"]
-                reasons = [r.get("Code") for r in err.response.get("CancellationReasons", [])]
-                if code == "TransactionCanceledException" and "TransactionConflict" in reasons:
-                    time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.random())
-                    continue
-                if (
-                    code == "TransactionCanceledException"
-                    and reasons
-                    and reasons[1] == "ConditionalCheckFailed"
-                ):
-                    raise NoSuchCluster(f"no cluster named {name!r} in the registry",
+                code = error_code(err)
+                if code in ok:
+                    return None
+                if code == "ConditionalCheckFailedException" and gone:
+                    raise NoSuchCluster(f"no cluster named {gone!r} in the registry",
                                         "it was destroyed, or never created") from None
-                if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
-                    raise _ConditionFailed() from None
-                raise explain_client_error("dynamodb:TransactWriteItems", err) from err
-        raise CloudError(
-            "dynamodb:TransactWriteItems kept conflicting", "too many concurrent writers; retry"
-        )
+                retry = code in ("TransactionConflictException", "ThrottlingException",
+                                 "ProvisionedThroughputExceededException",
+                                 "RequestLimitExceeded", "InternalServerError")
+                if not retry or attempt == attempts - 1:
+                    raise explain_client_error(operation, err) from err
+                time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+        raise CloudError(f"{operation} kept failing", "retry later")
 
 
-class _ConditionFailed(Exception):
-    """A conditional write found the item not in the expected state."""
+class _Missing(Exception):
+    """A conditional write found no item (or not in the expected state)."""

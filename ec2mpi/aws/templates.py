@@ -53,26 +53,24 @@ class Templates:
         except ClientError as err:
             raise explain_client_error("ssm:GetParameter", err) from err
 
-    def find_launch_template(self) -> str | None:
+    def find_launch_template(self, kind: str = "worker") -> str | None:
         try:
             lts = self.ec2.describe_launch_templates(
-                LaunchTemplateNames=[self.names.launch_template]
-            )
+                LaunchTemplateNames=[self.names.launch_template(kind)])
         except ClientError as err:
-            if error_code(err) in (
-                "InvalidLaunchTemplateName.NotFoundException",
-                "InvalidLaunchTemplateId.NotFound",
-            ):
+            if error_code(err) in ("InvalidLaunchTemplateName.NotFoundException",
+                                   "InvalidLaunchTemplateId.NotFound"):
                 return None
             raise explain_client_error("ec2:DescribeLaunchTemplates", err) from err
         items = lts["LaunchTemplates"]
         return items[0]["LaunchTemplateId"] if items else None
 
-    def ensure_launch_template(
-        self, image_id: str, profile_arn: str, sg: str, user_data: str
-    ) -> str:
-        """IMDSv2 required, metadata tags on, user-data stub, instance and volume tags."""
-        lt = self.find_launch_template()
+    def ensure_launch_template(self, kind: str, image_id: str, profile_arn: str, sg: str,
+                               user_data: str) -> str:
+        """One template per kind of node (its own role): IMDSv2 required with a hop limit of
+        1 (no container on the node reaches it), metadata tags on, the user-data stub, and
+        instance and volume tags."""
+        lt = self.find_launch_template(kind)
         if lt:
             return lt
         tags = cluster_tags(self.cluster)
@@ -82,35 +80,39 @@ class Templates:
             "SecurityGroupIds": [sg],
             "UserData": base64.b64encode(user_data.encode()).decode(),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
-                                "HttpPutResponseHopLimit": 2, "InstanceMetadataTags": "enabled"},
+                                "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],
         }
         try:
             return self.ec2.create_launch_template(
-                LaunchTemplateName=self.names.launch_template, LaunchTemplateData=data,
+                LaunchTemplateName=self.names.launch_template(kind), LaunchTemplateData=data,
                 TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
             )["LaunchTemplate"]["LaunchTemplateId"]
         except ClientError as err:
             if error_code(err) == "InvalidLaunchTemplateName.AlreadyExistsException":
-                return self.find_launch_template()
+                return self.find_launch_template(kind)
             raise explain_client_error("ec2:CreateLaunchTemplate", err) from err
 
-    def launch_template_data(self) -> dict:
-        lt = self.find_launch_template()
-        resp = self.ec2.describe_launch_template_versions(LaunchTemplateId=lt, Versions=["$Latest"])
+    def launch_template_data(self, kind: str = "worker") -> dict:
+        lt = self.find_launch_template(kind)
+        resp = self.ec2.describe_launch_template_versions(LaunchTemplateId=lt,
+                                                          Versions=["$Latest"])
         return resp["LaunchTemplateVersions"][0]["LaunchTemplateData"]
 
-    def delete_launch_template(self) -> list[str]:
-        lt = self.find_launch_template()
-        if lt is None:
-            return []
-        try:
-            self.ec2.delete_launch_template(LaunchTemplateId=lt)
-        except ClientError as err:
-            if error_code(err) not in ("InvalidLaunchTemplateId.NotFound",):
-                raise explain_client_error("ec2:DeleteLaunchTemplate", err) from err
-        return [lt]
+    def delete_launch_templates(self) -> list[str]:
+        removed = []
+        for kind in ("master", "worker"):
+            lt = self.find_launch_template(kind)
+            if lt is None:
+                continue
+            try:
+                self.ec2.delete_launch_template(LaunchTemplateId=lt)
+            except ClientError as err:
+                if error_code(err) not in ("InvalidLaunchTemplateId.NotFound",):
+                    raise explain_client_error("ec2:DeleteLaunchTemplate", err) from err
+            removed.append(lt)
+        return removed
 
     def ensure_placement_group(self) -> str | None:
         """A cluster placement group, or None (with a warning) where the endpoint lacks them."""

@@ -48,10 +48,11 @@ class Orchestrator:
 
     def require(self, name: str) -> dict:
         """The cluster item, or a UserError that says how to find the clusters that exist."""
-        if not self.table_exists():
+        item = self.registry.get_cluster(name) if self.table_exists() else None
+        if item is None:
             raise NoSuchCluster(f"no cluster named {name!r}",
                                 "see 'ec2mpi list' for the clusters that exist")
-        return self.registry.require_cluster(name)
+        return item
 
     def say(self, done: int, total: int, message: str) -> None:
         self.progress(done, total, message)

@@ -10,12 +10,12 @@ import uuid
 
 from .. import __version__, selfwheel
 from ..aws.checkip import checkip_url, public_ipv4
-from ..aws.iam import NodeRole, node_policy
+from ..aws.iam import NodeRole, PolicyScope, master_policy, worker_policy
 from ..aws.instances import Instances, LaunchRequest
 from ..aws.network import Network
 from ..aws.storage import NFS_PORT, Efs
 from ..aws.templates import PLACEMENT_UNSUPPORTED, Templates
-from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, TAG_ROLE, ClusterSpec
+from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, ClusterSpec
 from ..errors import UserError
 from ..userdata import UserDataParams, render
 from .inspect import status as inspect_status
@@ -101,8 +101,9 @@ class Creation:
         self.templates = Templates(ops.aws, spec.name)
         self.instances = Instances(ops.aws, spec.name)
         self.subnets: list = []
-        self.sg = self.profile_arn = self.wheel_key = self.lt = ""
-        self.storage_id = ""
+        self.sg = self.wheel_key = self.storage_id = ""
+        self.roles: dict = {}          # kind -> (profile ARN, role ARN, role id)
+        self.lts: dict = {}            # kind -> launch template id
         self.ids: list = []
 
     def check(self) -> None:
@@ -130,10 +131,10 @@ class Creation:
             ("registry", self.registry_item),
             ("cluster keys stored", self.cluster_keys),
             ("security group", self.security_group),
-            ("instance role", self.instance_role),
+            ("instance roles", self.instance_roles),
             ("shared storage", self.shared_storage),
             ("ec2mpi wheel uploaded", self.wheel),
-            ("launch template", self.launch_template),
+            ("launch templates", self.launch_templates),
             ("launched", self.launch),
             ("ready", self.mark_ready),
             ("done", lambda: self.wait(wait, timeout)),
@@ -163,13 +164,23 @@ class Creation:
         self.sg = self.network.ensure_security_group(self.network.default_vpc(self.subnets),
                                                    self.spec.ssh_cidr)
 
-    def instance_role(self) -> None:
-        spec, aws = self.spec, self.ops.aws
-        role = NodeRole(aws, spec.name)
-        policy = node_policy(spec.name, self.ops.keystore.bucket, self.region, aws.account_id(),
-                             spec.storage)
-        self.profile_arn = role.ensure(policy)
-        role.wait_usable()
+    def scope(self, **more) -> PolicyScope:
+        aws = self.ops.aws
+        return PolicyScope(self.spec.name, self.ops.keystore.bucket, self.region,
+                           aws.account_id(), self.spec.storage, **more)
+
+    def instance_roles(self) -> None:
+        """A worker role, and the master's (which may pass the worker role to the nodes it
+        launches when it heals); their ids make up the node item keys."""
+        aws = self.ops.aws
+        self.roles["worker"] = NodeRole(aws, self.spec.name, "worker").ensure(
+            worker_policy(self.scope()))
+        self.roles["master"] = NodeRole(aws, self.spec.name, "master").ensure(
+            master_policy(self.scope(worker_role_arn=self.roles["worker"][1])))
+        for kind in ("worker", "master"):
+            NodeRole(aws, self.spec.name, kind).wait_usable()
+        self.ops.registry.update_cluster(self.spec.name, roles={
+            kind: role_id for kind, (_, _, role_id) in self.roles.items()})
 
     def shared_storage(self) -> str:
         if self.spec.storage == "efs":
@@ -185,30 +196,42 @@ class Creation:
         wheel_name, data = selfwheel.build()
         self.wheel_key = self.ops.keystore.put_wheel(self.spec.name, wheel_name, data)
 
-    def launch_template(self) -> None:
-        spec = self.spec
-        params = UserDataParams(
-            cluster=spec.name, region=self.region, bucket=self.ops.keystore.bucket,
-            table=REGISTRY_TABLE, version=__version__, wheel_key=self.wheel_key,
-            storage=spec.storage, storage_id=self.storage_id, shared_path=spec.shared_path,
-            user=spec.user, prefix=NODE_PREFIX)
+    def launch_templates(self) -> None:
+        """One per kind of node; then the master's policy names the worker template, the only
+        one it may launch from."""
+        spec, aws = self.spec, self.ops.aws
         image = self.templates.resolve_image(spec.image_id, DEFAULT_IMAGE_PARAMETER)
-        self.lt = self.templates.ensure_launch_template(image, self.profile_arn, self.sg,
-                                                        render(params))
+        for kind in ("worker", "master"):
+            params = UserDataParams(
+                cluster=spec.name, region=self.region, bucket=self.ops.keystore.bucket,
+                table=REGISTRY_TABLE, version=__version__, wheel_key=self.wheel_key,
+                storage=spec.storage, storage_id=self.storage_id, shared_path=spec.shared_path,
+                user=spec.user, prefix=NODE_PREFIX, role=kind, account=aws.account_id())
+            self.lts[kind] = self.templates.ensure_launch_template(
+                kind, image, self.roles[kind][0], self.sg, render(params))
+        NodeRole(aws, spec.name, "master").put_policy(master_policy(self.scope(
+            worker_role_arn=self.roles["worker"][1], launch_template_id=self.lts["worker"])))
 
     def launch(self) -> str:
-        """All N nodes in ONE call; node 0 is the master."""
-        spec = self.spec
+        """The master (on-demand unless --master-spot) and the workers: one call each."""
+        spec, token = self.spec, self.item["launch_token"]
         pg = placement_group(self.ops, self.templates, spec)
-        self.ids = self.instances.launch(LaunchRequest(
-            self.lt, spec.nodes, self.item["launch_token"], spec.instance_types,
-            tuple(self.subnets), spot=spec.spot, placement_group=pg))
-        master = self.ops.registry.set_master(spec.name, self.ids[0])
-        self.instances.tag([master], **{TAG_ROLE: "master"})
+        master = self.instances.launch(LaunchRequest(
+            self.lts["master"], 1, f"{token}-master", spec.instance_types, tuple(self.subnets),
+            spot=spec.master_spot, role="master", placement_group=pg))
+        self.ops.registry.update_cluster(spec.name, master=master[0])
+        workers = []
+        if spec.nodes > 1:
+            workers = self.instances.launch(LaunchRequest(
+                self.lts["worker"], spec.nodes - 1, f"{token}-worker", spec.instance_types,
+                tuple(self.subnets), spot=spec.spot, placement_group=pg))
+        self.ids = master + workers
         return f"launched {len(self.ids)} node(s)"
 
     def mark_ready(self) -> None:
         self.ops.registry.update_cluster(self.spec.name, status="ready")
+        self.ops.registry.update_master(self.spec.name, bump=True, target=self.spec.nodes,
+                                        keep_size=self.spec.keeps_size)
 
     def wait(self, wait: bool, timeout: float) -> None:
         if wait:

@@ -5,7 +5,7 @@ import time
 
 from ..aws.instances import LIVE_STATES, Instances
 from ..aws.pricing import on_demand_prices, spot_prices
-from ..config import ClusterSpec, validate_name
+from ..config import TAG_ROLE, ClusterSpec, validate_name
 from ..errors import UserError
 from .model import ClusterStatus, ClusterSummary, CostEstimate, NodeStatus, PriceLine
 
@@ -13,59 +13,61 @@ HEARTBEAT_LOST_AFTER = 60.0   # s without a heartbeat (agents beat every 15 s) -
 
 
 def status(ops, name: str, with_cost: bool = True) -> ClusterStatus:
+    """The registry's view joined with EC2's: a member whose instance is gone, or whose agent
+    stopped beating, is lost even before the master says so (it may be the master that is
+    gone); an item that cannot be trusted is shown as invalid, with its instance's data only."""
     validate_name(name)
     ops.preflight()
     item = ops.require(name)
     spec = ClusterSpec.from_json(item["spec"])
     master = item.get("master")
-    instances = {
-        i.instance_id: i
-        for i in Instances(ops.aws, name).instances(states=LIVE_STATES + ("terminated",))
-    }
+    instances = {i.instance_id: i for i in Instances(ops.aws, name).instances(
+        states=LIVE_STATES + ("terminated",))}
     order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
     now = time.time()
-    nodes = []
-    for n in ops.registry.nodes(name):
-        inst = instances.pop(n.instance_id, None)
-        state = n.state
-        if inst is None or inst.state in ("shutting-down", "terminated"):
-            state = "lost"   # still a member in the registry, but its instance is gone
-        elif n.heartbeat and now - n.heartbeat > HEARTBEAT_LOST_AFTER:
-            state = "lost"   # running, but its agent stopped answering
-        nodes.append(
-            NodeStatus(
-                n.instance_id,
-                "master" if n.instance_id == master else n.role,
-                n.instance_type or (inst.instance_type if inst else ""),
-                inst.lifecycle if inst else n.lifecycle,
-                n.private_ip or (inst.private_ip if inst else ""),
-                inst.public_ip if inst else "",
-                state,
-                n.slots,
-                n.hostname,
-                now - n.heartbeat if n.heartbeat else None,
-            )
-        )
+    nodes = [_node_status(n, instances.pop(n.instance_id, None), now)
+             for n in ops.registry.nodes(name)]
     for inst in instances.values():
         if inst.state in ("shutting-down", "terminated"):
             continue  # gone before it ever registered
-        nodes.append(
-            NodeStatus(
-                inst.instance_id,
-                "master" if inst.instance_id == master else "worker",
-                inst.instance_type,
-                inst.lifecycle,
-                inst.private_ip,
-                inst.public_ip,
-                "pending",
-                0,
-            )
-        )
-    nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30), n.instance_id))
-    st = ClusterStatus(name, item.get("status", "?"), spec, int(item.get("epoch", 0)), nodes)
+        nodes.append(NodeStatus(
+            instance_id=inst.instance_id, role=inst.tags.get(TAG_ROLE, "worker"),
+            instance_type=inst.instance_type, lifecycle=inst.lifecycle,
+            private_ip=inst.private_ip, public_ip=inst.public_ip, state="pending", slots=0,
+            image=inst.image))
+    for n in nodes:
+        if n.instance_id == master and n.state != "invalid":
+            n.role = "master"
+    nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30),
+                              n.instance_id))
+    st = ClusterStatus(name, item.get("status", "?"), spec, ops.registry.epoch(name) or 0,
+                       nodes, master_state=ops.registry.master_state(name))
     if with_cost:
         st.cost = cost_of(ops, nodes)
     return st
+
+
+def _node_status(n, inst, now: float) -> NodeStatus:
+    if n.problem:   # never shown from the item itself: only what EC2 says of the instance
+        return NodeStatus(
+            instance_id=n.instance_id if inst else "?", role="worker",
+            instance_type=inst.instance_type if inst else "", lifecycle=inst.lifecycle
+            if inst else "", private_ip=inst.private_ip if inst else "",
+            public_ip=inst.public_ip if inst else "", state="invalid", slots=0,
+            reason=f"registry item ignored: {n.problem}")
+    state, reason = n.state, n.reason
+    if state != "lost" and (inst is None or inst.state in ("shutting-down", "terminated")):
+        state, reason = "lost", "its instance is gone"
+    elif state not in ("lost", "booting") and n.heartbeat \
+            and now - n.heartbeat > HEARTBEAT_LOST_AFTER:
+        state, reason = "lost", f"no heartbeat for {now - n.heartbeat:.0f} s"
+    return NodeStatus(
+        instance_id=n.instance_id, role=n.role,
+        instance_type=n.instance_type or (inst.instance_type if inst else ""),
+        lifecycle=inst.lifecycle if inst else n.lifecycle, private_ip=n.private_ip,
+        public_ip=inst.public_ip if inst else "", state=state, slots=n.slots,
+        hostname=n.hostname, heartbeat_age=now - n.heartbeat if n.heartbeat else None,
+        reason=reason, image=n.image or (inst.image if inst else ""), install_s=n.install_s)
 
 
 def list_clusters(ops) -> list:
@@ -96,7 +98,7 @@ def cost(ops, name: str) -> CostEstimate:
 def cost_of(ops, nodes: list) -> CostEstimate:
     """What these nodes cost per hour now: lost and terminated ones bill nothing."""
     return price(ops, [(n.instance_type, n.lifecycle) for n in nodes
-                       if n.state not in ("lost", "terminated") and n.instance_type])
+                       if n.state not in ("lost", "terminated", "invalid") and n.instance_type])
 
 
 def price(ops, members: list) -> CostEstimate:

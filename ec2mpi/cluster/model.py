@@ -18,10 +18,13 @@ class NodeStatus:
     lifecycle: str                # spot | on-demand
     private_ip: str
     public_ip: str
-    state: str                    # booting | ready | draining | pending | lost | terminated
+    state: str                    # booting | ready | draining | pending | lost | invalid
     slots: int
     hostname: str = ""
     heartbeat_age: float | None = None   # seconds since the node's last heartbeat
+    reason: str = ""              # why it is lost, draining or invalid
+    image: str = ""               # the image it booted from
+    install_s: float = 0.0        # seconds its boot spent installing (0 on a baked image)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ClusterStatus:
     epoch: int
     nodes: list = field(default_factory=list)   # list[NodeStatus], master first
     cost: CostEstimate | None = None
+    master_state: dict = field(default_factory=dict)   # target size, healing, autostop
     notice: str = ""              # a line for the user (e.g. create found it already made)
 
     @property

@@ -30,6 +30,7 @@ def ready_cluster(ops, name: str) -> tuple[dict, ClusterSpec]:
 def add_nodes(ops, name: str, count: int, wait: bool, timeout: float) -> list:
     count = parse_count(count)
     _item, spec = ready_cluster(ops, name)
+    set_target(ops, name, size(ops, name) + count)   # first: healing then never fights it
     ids = launch(ops, name, spec, count, uuid.uuid4().hex)
     if wait:
         wait_ready(ops, name, ids, timeout)
@@ -40,7 +41,7 @@ def launch(ops, name: str, spec: ClusterSpec, count: int, token: str) -> list:
     """`count` instances of launch `token` from the cluster's template (those already made
     by an earlier try of the same token count): returns the token's instance ids."""
     templates, instances = Templates(ops.aws, name), Instances(ops.aws, name)
-    lt = templates.find_launch_template()
+    lt = templates.find_launch_template("worker")
     if lt is None:
         raise CloudError(f"the launch template of cluster {name!r} is missing",
                          f"destroy and re-create the cluster: ec2mpi destroy {name}")
@@ -50,6 +51,16 @@ def launch(ops, name: str, spec: ClusterSpec, count: int, token: str) -> list:
                                          spot=spec.spot, placement_group=pg))
     ops.say(0, len(ids), f"launched {len(ids)} node(s)")
     return ids
+
+
+def size(ops, name: str) -> int:
+    """The members that count toward the cluster's size (not lost, not going)."""
+    return sum(1 for n in inspect_status(ops, name, with_cost=False).nodes if n.state not in GONE)
+
+
+def set_target(ops, name: str, target: int) -> None:
+    """The size healing keeps; a membership change, so the master reads it at once."""
+    ops.registry.update_master(name, bump=True, target=max(0, target))
 
 
 def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None) -> Resize:
@@ -66,6 +77,7 @@ def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None
     if plan.get("target") != target or not plan.get("token"):
         plan = {"target": target, "token": uuid.uuid4().hex}
         ops.registry.update_cluster(name, resize=plan)
+    set_target(ops, name, target)
     result = Resize(name, target, len(members))
     if len(members) < target:
         made = Instances(ops.aws, name).instances(launch_token=plan["token"])
@@ -77,7 +89,7 @@ def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None
         if confirm is not None and not confirm(removal):
             result.cancelled = True
             return result
-        result.removed = remove(ops, removal)
+        result.removed = remove(ops, removal, lower_target=False)
     if wait:   # also after a crashed try: its nodes are members now, perhaps not ready yet
         live = [n.instance_id for n in inspect_status(ops, name, with_cost=False).nodes
                 if n.state not in GONE]
@@ -85,7 +97,7 @@ def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None
     return result
 
 
-GONE = ("lost", "terminated", "draining")   # members that no longer count toward the size
+GONE = ("lost", "terminated", "draining", "invalid")   # members that do not count toward the size
 
 # Which nodes a removal takes first: those already gone or going, then the newest.
 _REMOVAL_ORDER = {"lost": 0, "terminated": 0, "draining": 1, "pending": 2, "booting": 2}
@@ -125,21 +137,25 @@ def plan_removal(ops, name: str, count: int | None = None,
                    cost_of(ops, chosen).per_hour)
 
 
-def remove(ops, removal: Removal) -> list:
-    """Drain (the master's hostfile drops them), terminate, deregister: exactly removal's nodes."""
+def remove(ops, removal: Removal, lower_target: bool = True) -> list:
+    """Lower the target (healing must not replace them), drain (the master's hostfile drops
+    them), terminate, deregister: exactly removal's nodes."""
     name, chosen = removal.cluster, list(removal.instance_ids)
+    if lower_target:
+        going = sum(1 for n in removal.nodes if n.state not in GONE)
+        set_target(ops, name, int(ops.registry.master_state(name).get("target") or 0) - going)
     instances = Instances(ops.aws, name)
     live = {i.instance_id for i in instances.instances()}
-    registered = {n.instance_id for n in ops.registry.nodes(name)}
+    registered = {n.instance_id: n for n in ops.registry.nodes(name) if not n.problem}
     for iid in chosen:
-        if iid in registered:
-            ops.registry.set_node_state(name, iid, "draining")
+        if iid in registered and registered[iid].state != "lost":
+            ops.registry.set_node_state(name, registered[iid], "draining", "being removed")
     if any(i in registered for i in chosen):
         ops.say(0, len(chosen), "draining: waiting for the master's hostfile to drop them")
         let_master_drop(ops, name, ops.drain_wait)
     instances.terminate([i for i in chosen if i in live])
     for iid in chosen:
         if iid in registered:
-            ops.registry.delete_node(name, iid)
+            ops.registry.delete_node(name, registered[iid])
     ops.say(len(chosen), len(chosen), f"removed {len(chosen)} node(s)")
     return chosen

@@ -36,8 +36,8 @@ def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
 
 def hostfile_caught_up(ops, name: str) -> bool:
     """The master's watcher has written the hostfile for the current membership epoch."""
-    item = ops.registry.get_cluster(name) or {}
-    return item.get("hostfile_epoch", -1) >= item.get("epoch", 0)
+    epoch = ops.registry.epoch(name) or 0
+    return int(ops.registry.master_state(name).get("hostfile_epoch", -1)) >= epoch
 
 
 def let_master_drop(ops, name: str, timeout: float) -> None:

@@ -86,8 +86,8 @@ def ensure_image(progress=lambda msg: None, state: Path | None = None) -> bool:
              *missing, what="installing packages")
         changed = True
     changed |= _install_this_ec2mpi(image, progress)
+    mpidefaults.install(image / "venv", local=True)    # part of the image, not of a boot
     if changed:
-        mpidefaults.install(image / "venv", local=True)
         subprocess.run(["chmod", "-R", "a+rX", str(image)], check=True)
     ensure_cluster_user()
     return changed

@@ -26,9 +26,9 @@ from ec2mpi.agent.boot import (
     boot,
 )
 from ec2mpi.agent.imds import Imds, ImdsError
-from ec2mpi.agent.watch import Watcher
+from ec2mpi.agent.watch import Watcher, WatchSettings
 from ec2mpi.aws.keystore import KeyStore
-from ec2mpi.aws.registry import Node, Registry
+from ec2mpi.aws.registry import Node, Registry, node_pk
 from ec2mpi.keys import ClusterKeys
 from ec2mpi.localcloud.imds import ImdsServer, InstanceView
 
@@ -73,27 +73,33 @@ def banner():
     sock.close()
 
 
+ROLES = {"master": "AROAMASTERROLE000001", "worker": "AROAWORKERROLE000001"}
+MASTER, WORKER = "i-0000000000000a01", "i-0000000000000b01"
+
+
 @pytest.fixture
 def cluster(aws, cluster_name):
     """A registry cluster item with keys in the bucket (what `create` leaves before launch)."""
     reg = Registry(aws)
     reg.ensure_table()
     reg.create_cluster(cluster_name, "{}")
+    reg.update_cluster(cluster_name, roles=ROLES)
     s3 = aws.client("s3")
     try:
         s3.create_bucket(Bucket=BUCKET)
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
     keys = ClusterKeys.generate(cluster_name)
-    KeyStore(aws, bucket=BUCKET).put_keys(cluster_name, keys)
+    KeyStore(aws, bucket=BUCKET, owner="123456789012").put_keys(cluster_name, keys)
     return reg, keys
 
 
-def params_for(name, user, shared="/shared", storage="none"):
+def params_for(name, user, shared="/shared", storage="none", role="worker"):
     return AgentParams(cluster=name, region="us-east-1", bucket=BUCKET, table="ec2mpi-registry",
                        version="0.1.0", wheel_key=f"clusters/{name}/ec2mpi-0.1.0-py3-none-any.whl",
                        storage=storage, storage_id="fs-12345678" if storage == "efs" else "",
-                       shared_path=shared, user=user, prefix="/opt/ec2mpi")
+                       shared_path=shared, user=user, prefix="/opt/ec2mpi", role=role,
+                       account="123456789012")
 
 
 def write_agent_json(paths, params):
@@ -188,11 +194,10 @@ def test_boot_installs_keys_registers_and_watch_deregisters(
     aws, cluster, cluster_name, imds, banner, tmp_path, monkeypatch
 ):
     reg, keys = cluster
-    reg.set_master(cluster_name, "i-0master")
-    imds.views["me"] = InstanceView("i-0master", "127.0.0.1", instance_type="c6i.xlarge", role=ROLE)
+    imds.views["me"] = InstanceView(MASTER, "127.0.0.1", instance_type="c6i.xlarge", role=ROLE)
     user = pwd.getpwuid(os.getuid()).pw_name            # exists already: no useradd needed here
     paths = AgentPaths(tmp_path / "root")
-    params = params_for(cluster_name, user, storage="efs")
+    params = params_for(cluster_name, user, storage="efs", role="master")
     write_agent_json(paths, params)
     hook_log = tmp_path / "hook.log"
     hook = tmp_path / "mount-hook"
@@ -212,7 +217,8 @@ def test_boot_installs_keys_registers_and_watch_deregisters(
     )
     [item] = reg.nodes(cluster_name)
     assert (item.instance_id, item.role, item.state, item.slots, item.lifecycle, item.hostname) == (
-        "i-0master", "master", "ready", os.cpu_count(), "spot", "ip-127-0-0-1")
+        MASTER, "master", "ready", os.cpu_count(), "spot", "ip-127-0-0-1")
+    assert item.key == f"{cluster_name}#node#{ROLES['master']}:{MASTER}" and not item.problem
     assert reg.epoch(cluster_name) == 2                  # put (booting) + ready
     home = paths.home(user)
     ssh = home / ".ssh"
@@ -253,7 +259,7 @@ def test_boot_installs_keys_registers_and_watch_deregisters(
         assert wait_for(lambda: (paths.run / "boot.status").exists(), 30), (
             proc.stdout.read1().decode()
         )
-        assert (paths.run / "boot.status").read_text() == "ready i-0master master 127.0.0.1\n"
+        assert (paths.run / "boot.status").read_text() == f"ready {MASTER} master 127.0.0.1\n"
         assert wait_for(lambda: (paths.etc / "hostfile").exists(), 30), proc.stdout.read1().decode()
         assert (paths.etc / "hostfile").read_text() == f"127.0.0.1 slots={os.cpu_count()}\n"
         assert (paths.etc / "hostfile.mpich").read_text() == f"127.0.0.1:{os.cpu_count()}\n"
@@ -266,14 +272,15 @@ def test_boot_installs_keys_registers_and_watch_deregisters(
     assert reg.nodes(cluster_name) == [] and reg.epoch(cluster_name) == 5   # +2 re-boot, +1 leave
 
 
-def test_boot_waits_for_the_master_then_is_a_worker_aws_style(
+def test_boot_waits_for_the_roles_then_registers_as_a_worker_aws_style(
     aws, cluster, cluster_name, imds, banner, tmp_path, monkeypatch
 ):
     """Not the local cloud: the sshd drop-in is written, sshd is reloaded by SIGHUP, no --bind-to
     none."""
     reg, _ = cluster
-    imds.views["me"] = InstanceView("i-0worker", "127.0.0.1", lifecycle="on-demand")
-    threading.Timer(1.0, reg.set_master, (cluster_name, "i-0other")).start()
+    reg.update_cluster(cluster_name, roles={})                 # create has not named them yet
+    imds.views["me"] = InstanceView(WORKER, "127.0.0.1", lifecycle="on-demand")
+    threading.Timer(1.0, lambda: reg.update_cluster(cluster_name, roles=ROLES)).start()
     monkeypatch.delenv("EC2MPI_LOCAL", raising=False)
     monkeypatch.delenv("EC2MPI_MOUNT_HOOK", raising=False)
     fake_sshd = subprocess.Popen(["sleep", "60"])
@@ -313,9 +320,8 @@ def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(
 ):
     """End to end on one host: the user logs in over ssh with the cluster key, the host key
     is verified with StrictHostKeyChecking, and the login shell has the MPI environment."""
-    reg, _keys = cluster
-    reg.set_master(cluster_name, "i-0master")
-    imds.views["me"] = InstanceView("i-0master", "127.0.0.1")
+    _reg, _keys = cluster
+    imds.views["me"] = InstanceView(MASTER, "127.0.0.1")
     user = "e2t" + uuid.uuid4().hex[:8]
     sandbox = tempfile.mkdtemp(
         prefix="ec2mpi-agent-"
@@ -337,14 +343,8 @@ def test_boot_creates_user_and_real_sshd_serves_the_cluster_host_key(
         assert wait_for(lambda: (tmp_path / "sshd.pid").exists(), 10)
         monkeypatch.setenv("EC2MPI_LOCAL", "1")
         monkeypatch.setenv("EC2MPI_SSHD_PIDFILE", str(tmp_path / "sshd.pid"))
-        boot(
-            params_for(cluster_name, user),
-            paths,
-            imds=Imds(imds.url),
-            aws=aws,
-            ssh_port=port,
-            master_timeout=5,
-        )
+        boot(params_for(cluster_name, user, role="master"), paths, imds=Imds(imds.url), aws=aws,
+             ssh_port=port, master_timeout=5)
         pw = pwd.getpwnam(user)
         assert pw.pw_shell == "/bin/bash" and pw.pw_dir == str(paths.home(user))
         ssh_dir = paths.home(user) / ".ssh"
@@ -387,18 +387,24 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _node(i, role="worker", state="ready", slots=2):
-    return Node(f"i-{i:04d}", role, f"172.31.0.{i}", f"ip-172-31-0-{i}", slots, state=state)
+def _node(name, i, role="worker", state="ready", slots=2):
+    node = Node(_iid(i), role, f"172.31.0.{i}", f"ip-172-31-0-{i}", slots, state=state)
+    node.key = node_pk(name, ROLES[role], node.instance_id)
+    return node
+
+
+def _iid(i):
+    return f"i-{i:017x}"
 
 
 def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluster_name, tmp_path):
     """Counted in polls, not seconds: after a change, the hostfile follows by the 2nd poll."""
     reg, _ = cluster
-    for n in (_node(10, "master", slots=4), _node(11)):
+    for n in (_node(cluster_name, 10, "master", slots=4), _node(cluster_name, 11)):
         reg.put_node(cluster_name, n)
     master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
     watcher = Watcher(cluster_name, master, Registry(aws), [tmp_path / "etc", tmp_path / "shared"],
-                      poll=0.05, heartbeat_every=60)
+                      settings=WatchSettings(poll=0.05, master_heartbeat_every=60))
     hf = tmp_path / "etc" / "hostfile"
 
     def follows(expected):
@@ -409,15 +415,16 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
         return False
 
     assert follows("172.31.0.10 slots=4\n172.31.0.11 slots=2\n")
-    reg.put_node(cluster_name, _node(12, state="booting"))
-    reg.set_node_state(cluster_name, "i-0012", "ready")
+    twelve = _node(cluster_name, 12, state="booting")
+    reg.put_node(cluster_name, twelve)
+    reg.set_node_state(cluster_name, twelve, "ready")
     assert follows("172.31.0.10 slots=4\n172.31.0.11 slots=2\n172.31.0.12 slots=2\n")
     assert (
         tmp_path / "etc" / "hostfile.mpich"
     ).read_text() == "172.31.0.10:4\n172.31.0.11:2\n172.31.0.12:2\n"
-    reg.set_node_state(cluster_name, "i-0011", "draining")
+    reg.set_node_state(cluster_name, _node(cluster_name, 11), "draining")
     assert follows("172.31.0.10 slots=4\n172.31.0.12 slots=2\n")
-    reg.delete_node(cluster_name, "i-0012")
+    reg.delete_node(cluster_name, twelve)
     assert follows("172.31.0.10 slots=4\n")
     assert (tmp_path / "shared" / "hostfile").read_text() == "172.31.0.10 slots=4\n"
     writes = watcher.hostfile_writes
@@ -427,7 +434,7 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
-    reg.put_node(cluster_name, _node(13))
+    reg.put_node(cluster_name, _node(cluster_name, 13))
     assert wait_for(lambda: "172.31.0.13" in hf.read_text(), 30)
     stop.set()
     thread.join(10)
@@ -440,21 +447,14 @@ def test_spot_notice_drains_the_node_and_the_master_drops_it(
     aws, cluster, cluster_name, imds, tmp_path
 ):
     reg, _ = cluster
-    for n in (_node(20, "master"), _node(21)):
+    for n in (_node(cluster_name, 20, "master"), _node(cluster_name, 21)):
         reg.put_node(cluster_name, n)
-    imds.views["me"] = InstanceView("i-0021", "127.0.0.1")
+    imds.views["me"] = InstanceView(_iid(21), "127.0.0.1")
     nodes = {n.instance_id: n for n in reg.nodes(cluster_name)}
-    master = Watcher(
-        cluster_name, nodes["i-0020"], Registry(aws), [tmp_path], poll=0.2, heartbeat_every=60
-    )
-    worker = Watcher(
-        cluster_name,
-        nodes["i-0021"],
-        Registry(aws),
-        imds=Imds(imds.url),
-        notice_every=0.2,
-        heartbeat_every=0.2,
-    )
+    master = Watcher(cluster_name, nodes[_iid(20)], Registry(aws), [tmp_path],
+                     settings=WatchSettings(poll=0.2, master_heartbeat_every=60))
+    worker = Watcher(cluster_name, nodes[_iid(21)], Registry(aws), imds=Imds(imds.url),
+                     settings=WatchSettings(notice_every=0.2, heartbeat_every=0.2))
     stop = threading.Event()
     threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in (master, worker)]
     for t in threads:
@@ -466,15 +466,15 @@ def test_spot_notice_drains_the_node_and_the_master_drops_it(
         time.sleep(1.1)
         assert wait_for(
             lambda: (
-                {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}["i-0021"]
-                > before["i-0021"]
+                {n.instance_id: n.heartbeat for n in reg.nodes(cluster_name)}[_iid(21)]
+                > before[_iid(21)]
             ),
             30,
         )
-        imds.inject_interruption("i-0021")
+        imds.inject_interruption(_iid(21))
         assert wait_for(
             lambda: (
-                {n.instance_id: n.state for n in reg.nodes(cluster_name)}["i-0021"] == "draining"
+                {n.instance_id: n.state for n in reg.nodes(cluster_name)}[_iid(21)] == "draining"
             ),
             30,
         )

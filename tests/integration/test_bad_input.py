@@ -72,7 +72,7 @@ def world(aws) -> dict:
     out["objects"] = sorted(o["Key"] for b in out["buckets"]
                             for o in s3.list_objects_v2(Bucket=b).get("Contents", []))
     out["registry"] = sorted(
-        (i["cluster"]["S"], i["item"]["S"]) for t in out["tables"] if t == "ec2mpi-registry"
+        (i["pk"]["S"], i["sk"]["S"]) for t in out["tables"] if t == "ec2mpi-registry"
         for i in ddb.scan(TableName=t)["Items"])
     return out
 

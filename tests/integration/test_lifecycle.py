@@ -9,12 +9,13 @@ import threading
 import time
 
 import pytest
+from agents import master_node, play_agents
 
-from ec2mpi.aws.iam import NodeRole
+from ec2mpi.aws.iam import KINDS, NodeRole
 from ec2mpi.aws.instances import Instances
 from ec2mpi.aws.keystore import KeyStore
 from ec2mpi.aws.network import Network
-from ec2mpi.aws.registry import Node, Registry
+from ec2mpi.aws.registry import Node, Registry, node_pk
 from ec2mpi.aws.storage import Efs
 from ec2mpi.aws.templates import PLACEMENT_UNSUPPORTED, Templates
 from ec2mpi.cluster import ClusterManager
@@ -38,6 +39,7 @@ def aws(controlplane):
 def manager(aws, progress=None):
     mgr = ClusterManager(aws, progress=progress)
     mgr.ops.poll_interval = 0.1
+    mgr.ops.drain_wait = 3.0      # most tests run no master watcher: do not wait out 30 s
     return mgr
 
 
@@ -54,39 +56,12 @@ def state(aws, name):
         "s3": sorted(k.rsplit("/", 1)[1] for k in ks.list(name)),
         "cluster_item": reg.get_cluster(name) if reg.table_exists() else None,
         "node_items": sorted(n.instance_id for n in reg.nodes(name)) if reg.table_exists() else [],
-        "iam": NodeRole(aws, name).exists(),
+        "iam": {kind: NodeRole(aws, name, kind).exists() for kind in KINDS},
         "efs": fs["FileSystemId"] if fs else None,
         "mount_targets": len(Efs(aws, name).mount_targets(fs["FileSystemId"])) if fs else 0,
         "sg": Network(aws, name).find_security_group(),
-        "lt": Templates(aws, name).find_launch_template(),
+        "lt": [Templates(aws, name).find_launch_template(kind) for kind in KINDS],
     }
-
-
-def play_agents(aws, name, ids, ready=True):
-    """What each node's agent does at boot: register, then report ready."""
-    reg = Registry(aws)
-    by_id = {i.instance_id: i for i in Instances(aws, name).instances(ids=ids)}
-    master = reg.get_cluster(name).get("master")
-    for iid in ids:
-        inst = by_id[iid]
-        reg.put_node(
-            name,
-            Node(
-                iid,
-                "master" if iid == master else "worker",
-                inst.private_ip,
-                "ip-" + inst.private_ip.replace(".", "-"),
-                2,
-                inst.lifecycle,
-                inst.instance_type,
-            ),
-        )
-        if ready:
-            reg.set_node_state(name, iid, "ready")
-
-
-def master_node(aws, name):
-    return next(n for n in Registry(aws).nodes(name) if n.role == "master")
 
 
 def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog):
@@ -99,21 +74,17 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     assert (
         s["cluster_item"]["status"] == "ready" and s["cluster_item"]["master"] == s["instances"][0]
     )
-    assert s["s3"] == sorted(
-        [
-            "id_ed25519",
-            "id_ed25519.pub",
-            "ssh_host_ed25519_key",
-            "ssh_host_ed25519_key.pub",
-            "ec2mpi-0.1.0-py3-none-any.whl",
-        ]
-    )
-    assert s["iam"] == {"role": True, "instance_profile": True}
+    assert s["s3"] == ["ec2mpi-0.1.0-py3-none-any.whl", "keys.json"]   # one key bundle
+    assert s["iam"] == {kind: {"role": True, "instance_profile": True} for kind in KINDS}
     assert s["efs"] and s["mount_targets"] == len(Network(aws, name).subnets())
-    assert s["sg"] and s["lt"] and s["node_items"] == []
+    assert s["sg"] and all(s["lt"]) and s["node_items"] == []
     assert [n.state for n in st.nodes] == ["pending"] * 3 and st.nodes[0].role == "master"
     master = Instances(aws, name).instances(ids=[s["instances"][0]])[0]
-    assert master.tags[TAG_ROLE] == "master" and master.lifecycle == "spot"
+    assert master.tags[TAG_ROLE] == "master" and master.lifecycle == "on-demand"
+    workers = Instances(aws, name).instances(ids=s["instances"][1:])
+    assert {w.lifecycle for w in workers} == {"spot"} and {w.tags[TAG_ROLE] for w in workers} == {
+        "worker"}
+    assert Registry(aws).master_state(name)["target"] == 3
 
     play_agents(aws, name, s["instances"])
     added = mgr.add_nodes(name, 2, wait=False)
@@ -129,17 +100,11 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
 
     # remove-nodes drains, lets the master's hostfile drop the node, then terminates: run the
     # master's real watcher meanwhile, as the master node would.
-    from ec2mpi.agent.watch import Watcher
+    from ec2mpi.agent.watch import Watcher, WatchSettings
     stop, hostfiles = threading.Event(), tmp_path / "master-etc"
-    watcher = Watcher(
-        name,
-        master_node(aws, name),
-        Registry(aws),
-        [hostfiles],
-        poll=0.1,
-        heartbeat_every=600,
-        deregister=False,
-    )
+    watcher = Watcher(name, master_node(aws, name), Registry(aws), [hostfiles],
+                      settings=WatchSettings(poll=0.1, master_heartbeat_every=600),
+                      deregister=False)
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="ec2mpi.cluster"):
@@ -153,7 +118,8 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     assert removed == [added[-1]]
     assert sorted(live_ids(aws, name)) == sorted(s["instances"] + added[:1])
     assert state(aws, name)["node_items"] == sorted(s["instances"] + added[:1])
-    assert Registry(aws).epoch(name) == epoch + 2          # draining, then removed
+    assert Registry(aws).epoch(name) == epoch + 3   # target lowered, draining, then removed
+    assert Registry(aws).master_state(name)["target"] == 4
     with pytest.raises(UserError, match="master"):
         mgr.remove_nodes(name, instance_ids=[s["instances"][0]])
 
@@ -166,8 +132,8 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
         and s["cluster_item"] is None
         and s["node_items"] == []
     )
-    assert s["iam"] == {"role": False, "instance_profile": False}
-    assert s["efs"] is None and s["sg"] is None and s["lt"] is None
+    assert s["iam"] == {kind: {"role": False, "instance_profile": False} for kind in KINDS}
+    assert s["efs"] is None and s["sg"] is None and s["lt"] == [None, None]
     assert mgr.leftovers(name) == []
 
 
@@ -227,9 +193,10 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
     new = [i for i in live_ids(aws, cluster_name) if i not in ids]
     assert len(new) == 1 and new[0] in str(err.value)
     # status joins the registry with EC2: unregistered -> pending, instance gone -> lost
-    Registry(aws).put_node(
-        cluster_name, Node("i-0000000000000dead", "worker", "172.31.9.9", "gone", 2)
-    )
+    dead = Node("i-0000000000000dead", "worker", "172.31.9.9", "gone", 2)
+    dead.key = node_pk(cluster_name, Registry(aws).get_cluster(cluster_name)["roles"]["worker"],
+                       dead.instance_id)
+    Registry(aws).put_node(cluster_name, dead)
     st = mgr.status(cluster_name)
     states = {n.instance_id: n.state for n in st.nodes}
     assert states == {
@@ -267,9 +234,9 @@ def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at
     st = manager(aws).create(spec, wait=False)          # resume
     after = live_ids(aws, cluster_name)
     assert len(after) == 3 and set(before) <= set(after)
+    token = item["launch_token"]
     assert {i.tags[TAG_LAUNCH] for i in Instances(aws, cluster_name).instances()} == {
-        item["launch_token"]
-    }
+        f"{token}-master", f"{token}-worker"}
     assert Registry(aws).get_cluster(cluster_name)["status"] == "ready" and len(st.nodes) == 3
     assert len(Network(aws, cluster_name).security_group_rules(st_sg(aws, cluster_name))) == 2
     again = manager(aws).create(spec, wait=False)          # re-run once more: nothing new
@@ -361,7 +328,11 @@ def test_launch_template_and_user_data(built):
     assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
     assert data["MetadataOptions"]["HttpPutResponseHopLimit"] in (1, 2)
     assert data["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
-    assert data["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/ec2mpi-{name}-node")
+    assert data["IamInstanceProfile"]["Arn"].endswith(
+        f"instance-profile/ec2mpi-{name}-us-east-1-worker")
+    master = Templates(aws, name).launch_template_data("master")
+    assert master["IamInstanceProfile"]["Arn"].endswith(
+        f"instance-profile/ec2mpi-{name}-us-east-1-master")
     kinds = {t["ResourceType"]: t["Tags"] for t in data["TagSpecifications"]}
     for kind in ("instance", "volume"):
         assert {"Key": TAG_CLUSTER, "Value": name} in kinds[kind]
@@ -376,41 +347,49 @@ def test_launch_template_and_user_data(built):
     assert body[:40] not in text and f"clusters/{name}/ec2mpi-" in text or name in text
 
 
-def test_role_policy_is_least_privilege(built):
+def test_node_roles_are_least_privilege(built):
+    """The worker's role: its own cluster's objects and state, its own node item, the epoch;
+    no EC2. The master's adds membership and healing, all scoped to this cluster."""
     aws, name = built
-    role = NodeRole(aws, name)
-    trust = aws.client("iam").get_role(RoleName=role.names.role)["Role"]["AssumeRolePolicyDocument"]
-    trust = json.loads(trust) if isinstance(trust, str) else trust
-    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    policy = role.policy()
     bucket = KeyStore(aws).bucket
-    for stmt in policy["Statement"]:
-        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+    iam = aws.client("iam")
+    for kind in KINDS:
+        role = NodeRole(aws, name, kind)
+        trust = iam.get_role(RoleName=role.name)["Role"]["AssumeRolePolicyDocument"]
+        trust = json.loads(trust) if isinstance(trust, str) else trust
+        assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+        tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role.name)["Tags"]}
+        assert tags == {TAG_CLUSTER: name, "ec2mpi:region": "us-east-1"}
+    worker = NodeRole(aws, name, "worker").policy()["Statement"]
+    master = NodeRole(aws, name, "master").policy()["Statement"]
+    for stmt in worker + master:
+        actions = stmt["Action"]
         assert all("*" not in a for a in actions), stmt
         if stmt["Resource"] == ["*"]:
             assert all(a.startswith("ec2:Describe") for a in actions)
         for a in actions:
             if a.startswith("s3:") and a != "s3:ListBucket":
-                assert all(
-                    r.startswith(f"arn:aws:s3:::{bucket}/clusters/{name}/")
-                    for r in stmt["Resource"]
-                )
+                assert all(r.startswith(f"arn:aws:s3:::{bucket}/clusters/{name}/")
+                           for r in stmt["Resource"])
             if a in ("s3:PutObject", "s3:DeleteObject"):
                 assert stmt["Resource"] == [f"arn:aws:s3:::{bucket}/clusters/{name}/shared/*"]
-            if a in (
-                "dynamodb:PutItem",
-                "dynamodb:UpdateItem",
-                "dynamodb:DeleteItem",
-                "dynamodb:Query",
-            ):
-                assert stmt["Condition"] == {
-                    "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [name]}
-                }
-    listing = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
-    assert (
-        listing
-        and listing[0]["Condition"]["StringLike"]["s3:prefix"][0] == f"clusters/{name}/shared/"
-    )
+            if a.startswith("dynamodb:") and a != "dynamodb:DescribeTable":
+                keys = [v for cond in stmt["Condition"].values()
+                        for v in cond.get("dynamodb:LeadingKeys", [])]
+                assert keys and all(k == name or k.startswith(f"{name}#") for k in keys), stmt
+    assert not any(a.startswith("ec2:") for stmt in worker for a in stmt["Action"])
+    own = next(s for s in worker if s["Sid"] == "OwnNodeItem")
+    assert own["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == [
+        f"{name}#node#${{aws:userid}}"]
+    terminate = next(s for s in master if "ec2:TerminateInstances" in s["Action"])
+    assert terminate["Condition"] == {"StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": name}}
+    tag = next(s for s in master if "ec2:CreateTags" in s["Action"])
+    assert tag["Condition"]["StringEquals"]["ec2:CreateAction"] == ["RunInstances", "CreateFleet"]
+    launch = next(s for s in master if s["Sid"] == "LaunchTaggedFromTheWorkerTemplate")
+    lt = Templates(aws, name).find_launch_template("worker")
+    assert launch["Condition"]["ArnLike"]["ec2:LaunchTemplate"].endswith(f"launch-template/{lt}")
+    listing = [s for s in worker if "s3:ListBucket" in s["Action"]]
+    assert listing[0]["Condition"]["StringLike"]["s3:prefix"][0] == f"clusters/{name}/shared/"
 
 
 def test_placement_group_warns_and_on_demand_launches(aws, cluster_name, caplog):
@@ -455,9 +434,10 @@ def test_a_removal_prices_exactly_the_nodes_it_removes_lost_ones_first(aws, clus
     plan = mgr.plan_removal(cluster_name, count=2)
     assert plan.instance_ids == (ids[1], ids[3])       # lost first, then the newest
     assert [n.state for n in plan.nodes] == ["lost", "ready"]
-    one_ready = mgr.status(cluster_name).cost.per_hour / 3        # the 3 live nodes are alike
-    assert one_ready > 0
-    assert plan.per_hour == pytest.approx(one_ready)   # the lost node bills nothing
+    lines = mgr.status(cluster_name).cost.lines        # an on-demand master, spot workers
+    spot = next(line.unit for line in lines if line.lifecycle == "spot")
+    assert spot > 0 and len(lines) == 2
+    assert plan.per_hour == pytest.approx(spot)        # one spot worker; the lost one bills nothing
     assert mgr.remove(plan) == list(plan.instance_ids)
     assert sorted(n.instance_id for n in Registry(aws).nodes(cluster_name)) == sorted(
         [ids[0], ids[2]]

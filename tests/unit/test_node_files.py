@@ -165,7 +165,8 @@ def test_mpi_env_binds_to_none_only_locally():
     assert "HYDRA_HOST_FILE=/etc/ec2mpi/hostfile.mpich\n" in aws_block
     assert "binding_policy" not in aws_block
     local_block = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), local=True)
-    assert "OMPI_MCA_hwloc_base_binding_policy=none" in local_block
+    assert "OMPI_MCA_hwloc_base_binding_policy" not in local_block   # not an Open MPI 5 name
+    assert "export OPAL_PREFIX=/opt/ec2mpi/venv" in local_block and "OPAL_PREFIX" in aws_block
     assert "PRTE_MCA_hwloc_default_binding_policy=none" in local_block
     bashrc = "case $- in *i*) ;; *) return;; esac\nalias ll='ls -l'\n"
     once = with_env_block(bashrc, aws_block)
