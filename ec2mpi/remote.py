@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,31 +117,62 @@ def connect_link(link: Link, master: Link, user: str, keys: ClusterKeys, port: i
     return client, [client, jump]
 
 
-def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None) -> int:
-    """Run `command` in a login shell on the node, streaming its output; returns its exit status."""
+def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None,
+        guard: bool = False) -> int:
+    """Run `command` in a login shell on the node, streaming its output; returns its exit
+    status. With `guard`, the remote process tree is stopped when we stop: Ctrl-C (or
+    SIGTERM, which the caller turns into KeyboardInterrupt) closes the remote stdin, and the
+    node's `ec2mpi-agent guard` then ends the command's process group; a lost connection
+    closes it too. Without a guard, sshd would leave the tree running (no terminal)."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
     channel = client.get_transport().open_session()
+    if guard:
+        command = "exec ec2mpi-agent guard -- bash -c " + shlex.quote(command)
     channel.exec_command("bash -lc " + shlex.quote(command))
-    channel.shutdown_write()
+    if not guard:
+        channel.shutdown_write()
+    try:
+        _pump(channel, stdout, stderr)
+    except KeyboardInterrupt:
+        channel.shutdown_write()            # EOF: the guard stops the command on the node
+        channel.settimeout(15.0)
+        try:
+            _pump(channel, stdout, stderr, deadline=time.monotonic() + 15.0)
+        except (OSError, TimeoutError):
+            pass
+        channel.close()
+        raise
+    status = channel.recv_exit_status()
+    channel.close()
+    return 255 if status < 0 else status
+
+
+def capture(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
+    """Run `command` in a login shell on the node: (exit status, stdout, stderr)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    status = run(client, command, stdout=out, stderr=err)
+    return status, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
+
+
+def _pump(channel, stdout, stderr, deadline: float | None = None) -> None:
     while True:
         select.select([channel], [], [], 1.0)
         got = False
         while channel.recv_ready():
-            stdout.write(channel.recv(32768)); got = True
+            stdout.write(channel.recv(32768))
+            got = True
         while channel.recv_stderr_ready():
-            stderr.write(channel.recv_stderr(32768)); got = True
+            stderr.write(channel.recv_stderr(32768))
+            got = True
         if got:
-            stdout.flush(); stderr.flush()
-        if (
-            channel.exit_status_ready()
-            and not channel.recv_ready()
-            and not channel.recv_stderr_ready()
-        ):
-            break
-    status = channel.recv_exit_status()
-    channel.close()
-    return 255 if status < 0 else status
+            stdout.flush()
+            stderr.flush()
+        if channel.exit_status_ready() and not channel.recv_ready() \
+                and not channel.recv_stderr_ready():
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            return
 
 
 def remote_path(shared: str, path: str | None, default_name: str = "") -> str:

@@ -15,7 +15,9 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -86,9 +88,10 @@ def _watch(args, params, paths, aws=None) -> int:
         healer = Healer(ClusterSource(registry, Templates(aws, params.cluster),
                                       Network(aws, params.cluster), params.cluster), instances)
     settings = WatchSettings.from_env(**({"poll": args.poll} if args.poll else {}))
+    keepers = [(5.0, JobManagerKeeper(params, paths))] if node.role == "master" else []
     watcher = Watcher(params.cluster, node, registry, paths.hostfile_dirs(params), Imds(),
                       settings=settings, instances=instances, healer=healer, run_dir=paths.run,
-                      sessions=ssh_sessions)
+                      sessions=ssh_sessions, keepers=keepers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,6 +100,29 @@ def _watch(args, params, paths, aws=None) -> int:
                                            node.role, settings.poll)
     watcher.run(stop)
     return 0
+
+
+class JobManagerKeeper:
+    """Keeps the job manager running on the master, as the cluster user (a login shell: its
+    own HOME and MPI environment, none of the agent's AWS settings)."""
+
+    def __init__(self, params, paths):
+        self.params, self.paths = params, paths
+        self.proc = None
+
+    def __call__(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        agent = f"{self.params.prefix}/venv/bin/ec2mpi-agent"
+        settings = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                            if k.startswith("EC2MPI_JOB_"))   # a login shell drops the rest
+        cmd = ["runuser", "-l", self.params.user, "-c",
+               f"{settings} exec {agent} --root {self.paths.root} job manage".lstrip()]
+        log_path = self.paths.log_dir / "jobs.log"
+        with open(log_path, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        logging.getLogger("ec2mpi.agent").info("job manager started (pid %d)", self.proc.pid)
 
 
 def ssh_sessions() -> int:
@@ -114,6 +140,39 @@ def ssh_sessions() -> int:
             if len(parts) > 3 and parts[1].endswith(":0016") and parts[3] == "01":
                 count += 1
     return count
+
+
+def _job(args, params, paths) -> int:
+    """The job commands, run as the cluster user (the client over SSH, or the manager)."""
+    from . import jobs
+    store = jobs.JobStore(jobs.jobs_root(params, paths))
+    if args.job_command == "submit":
+        command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+        if not command:
+            print("ec2mpi-agent job submit: nothing to run (give it after --)", file=sys.stderr)
+            return 2
+        return jobs.submit(store, jobs.JobSpec("", command, kind=args.kind, np=args.np,
+                                               restarts=args.restarts, retries=args.retries,
+                                               checkpoint_signal=args.checkpoint_signal))
+    if args.job_command == "attach":
+        return jobs.attach(store, args.id, from_start=not args.new_only)
+    if args.job_command == "cancel":
+        return jobs.cancel(store, args.id)
+    if args.job_command == "list":
+        return jobs.listing(store)
+    from .supervisor import Manager, Supervisor
+    me = json.loads(paths.state.read_text())["instance_id"]
+    cwd = paths.shared(params) if params.storage != "none" else paths.home(params.user)
+    if args.job_command == "supervise":
+        return Supervisor(store, args.id, paths.etc, paths.run, me, cwd).run()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    root = str(paths.root)
+    Manager(store, me, lambda job_id: [sys.executable, "-m", "ec2mpi.agent.main", "--root", root,
+                                       "job", "supervise", job_id],
+            paths.home(params.user) / ".ec2mpi").run(stop)
+    return 0
 
 
 def _hostfile(args, params, paths) -> int:
@@ -139,7 +198,29 @@ def main(argv=None) -> int:
         p.add_argument("--poll", type=float, default=None,
                        help="membership poll interval in seconds (default 2; EC2MPI_WATCH_POLL)")
     sub.add_parser("hostfile", help="rewrite the hostfiles from the registry once")
+    g = sub.add_parser("guard", help="run CMD; end its process group when stdin ends")
+    g.add_argument("command_argv", nargs=argparse.REMAINDER)
+    j = sub.add_parser("job", help="jobs on the master (as the cluster user)")
+    jsub = j.add_subparsers(dest="job_command", required=True)
+    js = jsub.add_parser("submit", help="queue a job; prints its id")
+    js.add_argument("--np", type=int, default=0)
+    js.add_argument("--restarts", type=int, default=0)
+    js.add_argument("--retries", type=int, default=0)
+    js.add_argument("--kind", choices=("run", "farm"), default="run")
+    js.add_argument("--checkpoint-signal", default="SIGUSR1")
+    js.add_argument("command_argv", nargs=argparse.REMAINDER)
+    for name in ("attach", "cancel", "supervise"):
+        jp = jsub.add_parser(name)
+        jp.add_argument("id")
+        if name == "attach":
+            jp.add_argument("--new-only", action="store_true")
+    jsub.add_parser("list")
+    jsub.add_parser("manage", help="start supervisors for the active jobs (kept alive by run)")
     args = ap.parse_args(argv)
+    if args.command == "guard":
+        from .guard import guard
+        command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+        return guard(command) if command else 2
     # Role credentials come from the metadata service; botocore gives it 1 s and one try
     # by default, which a node busy booting (or a loaded host) can miss.
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
@@ -150,7 +231,7 @@ def main(argv=None) -> int:
     _setup_logging(paths)
     try:
         params = AgentParams.load(paths.agent_json)
-        return {"run": _run, "boot": _boot, "watch": _watch,
+        return {"run": _run, "boot": _boot, "watch": _watch, "job": _job,
                 "hostfile": _hostfile}[args.command](args, params, paths)
     except Exception as err:
         logging.getLogger("ec2mpi.agent").exception("%s failed", args.command)

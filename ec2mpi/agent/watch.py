@@ -57,7 +57,7 @@ class Watcher:
     def __init__(self, cluster: str, node: Node, registry: Registry, hostfile_dirs=(),
                  imds: Imds | None = None, settings: WatchSettings | None = None,
                  instances=None, healer=None, run_dir=None, deregister: bool = True,
-                 sessions=None):
+                 sessions=None, keepers=()):
         self.cluster, self.node, self.reg = cluster, node, registry
         self.hostfile_dirs = list(hostfile_dirs)
         self.imds, self.instances, self.healer = imds, instances, healer
@@ -65,6 +65,7 @@ class Watcher:
         self.run_dir = run_dir
         self.deregister = deregister
         self.sessions = sessions or (lambda: 0)
+        self.keepers = list(keepers)  # (period, callable): local duties (the job manager)
         self.epoch: int | None = None
         self.settle = False           # re-read once after a change: the index may lag
         self.members: list[Node] = []
@@ -203,7 +204,7 @@ class Watcher:
                        (s.master_heartbeat_every, self.beat)]
         else:
             duties.append((s.heartbeat_every, self.beat))
-        return duties
+        return duties + self.keepers
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; each duty on its own period; errors are logged, never fatal."""

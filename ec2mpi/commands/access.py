@@ -96,6 +96,11 @@ def _ssh_files(ctx, name: str):
 
 
 def cmd_ssh(ctx, a) -> Result:
+    """A login (the system ssh), or CMD on the node with ssh's semantics: Ctrl-C, SIGTERM or a
+    lost connection stops the remote process tree (the node-side guard sees to that)."""
+    import signal
+    import threading
+
     from .. import remote
     name = ctx.cluster_name()
     if not a.remote_command:
@@ -103,10 +108,18 @@ def cmd_ssh(ctx, a) -> Result:
         link, _ = _ready_link(ctx, status, a.node)
         return Result(status=remote.system_ssh(config, f"{name}-{link.label}"))
     client, closers, _, _ = _open(ctx, name, a.node)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _as_interrupt) if main else None
     try:
-        return Result(status=remote.run(client, " ".join(a.remote_command)))
+        return Result(status=remote.run(client, " ".join(a.remote_command), guard=True))
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         _close(closers)
+
+
+def _as_interrupt(*_):
+    raise KeyboardInterrupt
 
 
 def cmd_ssh_config(ctx, a) -> Result:

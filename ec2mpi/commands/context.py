@@ -76,6 +76,7 @@ class Context:
         self.can_ask = (sys.stdin.isatty() and self.err.isatty()) if can_ask is None else can_ask
         self._ask = ask or self._ask_on_terminal
         self.dialog = dialog
+        self.shell = dialog is not None   # the interactive face (it can ask and run dialogs)
         self._aws = None
         self._aws_key = None
         self._unsubscribe = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import STORAGE_KINDS, parse_cidr, parse_count, parse_instance_types
-from . import access, files, help, lifecycle, local, nodes
+from . import access, files, help, jobs, lifecycle, local, nodes
 from .context import Context, Result
 
 
@@ -134,6 +134,27 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("ssh", "log in to a node (default: the master), or run CMD there after '--'",
             access.cmd_ssh, (_NODE,), remainder="remote_command",
             epilog="Example: ec2mpi ssh -- mpirun -np 8 hostname"),
+    Command("run", "run an MPI job on the cluster (mpirun COMMAND on the master, supervised)",
+            jobs.cmd_run, (
+                Arg(("-np", "--np"), "number of ranks (default: every slot of the hostfile)",
+                    type=int, metavar="N", dest="np"),
+                Arg(("--restarts",), "restart it this often when a node it uses is lost or "
+                    "interrupted (default 0)", type=int, default=0, metavar="K"),
+                Arg(("--checkpoint-signal",), "signal sent to the job before a restart "
+                    "(default SIGUSR1)", default="SIGUSR1", metavar="SIG"),
+                Arg(("--detach",), "print the job id and return; the job runs on", **ON),
+            ), remainder="job_command",
+            epilog="The job belongs to the cluster: its output goes to /shared/jobs/ID/ (the "
+                   "master's disk with --storage none), and Ctrl-C or a closed laptop never "
+                   "stops it (Ctrl-C detaches; 'cancel ID' stops it). With --restarts, an "
+                   "interrupted job gets the checkpoint signal, then runs again on the healed "
+                   "cluster with EC2MPI_RESTART=<n> set. Example: ec2mpi run -np 8 "
+                   "--restarts 2 -- python app.py"),
+    Command("jobs", "list the cluster's jobs: state, restarts, nodes, age", jobs.cmd_jobs),
+    Command("attach", "follow a job's output until it ends (its exit status is ours)",
+            jobs.cmd_attach, (Arg(("id",), "job id (see 'jobs')", metavar="ID"),)),
+    Command("cancel", "stop a job on every node", jobs.cmd_cancel,
+            (Arg(("id",), "job id (see 'jobs')", metavar="ID"),)),
     Command("put", "copy a local file or directory to the cluster's shared storage",
             files.cmd_put, (
                 Arg(("local",), "local file or directory", complete="files"),

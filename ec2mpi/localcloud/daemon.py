@@ -94,6 +94,9 @@ class Daemon:
             "EC2MPI_MOUNT_HOOK": str(self.state / "mount-hook"),
             "EC2MPI_SSHD_PIDFILE": "/run/ec2mpi/sshd.pid",
             "EC2MPI_LOCAL": "1",
+            # the agent's and the job supervisor's intervals, when tests shorten them
+            **{k: v for k, v in os.environ.items()
+               if k.startswith(("EC2MPI_WATCH_", "EC2MPI_JOB_"))},
         }
         tmp = self.state / "daemon.json.tmp"
         tmp.write_text(json.dumps(asdict(info)))
