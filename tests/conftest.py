@@ -23,6 +23,14 @@ _SAFE_ENV = {
     # AWS's check-IP service is never asked: the `checkip` fixture serves a stub; until it
     # runs (and in anything that escapes it) the URL points at a port that refuses.
     "EC2MPI_CHECKIP_URL": "http://127.0.0.1:9/",
+    # Shorter intervals for the local cloud's agents and job supervisors (the defaults are
+    # for real clusters; bench/recovery.py measures those): liveness and loss come sooner.
+    "EC2MPI_WATCH_LIVENESS_EVERY": "5",
+    "EC2MPI_WATCH_HEARTBEAT_CHECK_EVERY": "10",
+    "EC2MPI_WATCH_LOST_AFTER": "30",
+    "EC2MPI_JOB_LOSS_WAIT": "15",
+    "EC2MPI_JOB_CHECKPOINT_GRACE": "20",
+    "EC2MPI_JOB_HEAL_WAIT": "120",
 }
 
 

@@ -188,9 +188,18 @@ class Supervisor:
             time.sleep(self.settings.poll)
 
     def ended(self, code: int) -> str | None:
+        """mpirun is gone: the job's end, or an interruption. Open MPI 5's mpirun may exit 0
+        after losing a daemon (its output says so), so a success counts only if every node of
+        the job is still there."""
         if code == 0:
-            self.finish("done", 0, "")
-            return None
+            gone = [h for h in self.state.nodes if not reachable(h)]
+            self.dead.update(gone)
+            reason = (f"node {gone[0]} is unreachable" if gone else "") \
+                or self.vanished(self.state.nodes)
+            if not reason:
+                self.finish("done", 0, "")
+                return None
+            return reason
         deadline = time.monotonic() + self.settings.loss_wait
         while True:   # did a node of the job vanish? (the master may need a moment to see it)
             gone = [h for h in self.state.nodes if not reachable(h)]

@@ -6,81 +6,25 @@ These need root and namespaces (CI is root); elsewhere they skip and say why.
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from conftest import have_root_namespaces
+from localcloud import (
+    EXAMPLES,
+    STATE,
+    WAIT,
+    cli,
+    cli_json,
+    hostfile_hosts,
+    local_env,  # noqa: F401 - the module's local cloud (an autouse fixture)
+    nodes_of,
+    on_node,
+    wait_for,
+)
 
 WHY = have_root_namespaces()
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-STATE = ""  # the local cloud's state dir, set by local_env
-WAIT = ("--timeout", "120")   # what a create or add-nodes of a few local nodes may take, at most
-
-
-def cli(*args, check=True, timeout=120, env=None):
-    """Run `ec2mpi --local ARGS` as a user would; returns the CompletedProcess."""
-    res = subprocess.run(
-        ["ec2mpi", "--local", *args], check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"ec2mpi --local {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
-        )
-    return res
-
-
-def cli_json(*args, **kw):
-    return json.loads(cli("--json", *args, **kw).stdout)
-
-
-def on_node(cluster, node, command, check=True):
-    """Run a shell command on a node (as the cluster user) through `ec2mpi ssh`."""
-    return cli("ssh", "-c", cluster, node, "--", command, check=check)  # one string, as with ssh
-
-
-def hostfile_hosts(cluster):
-    text = on_node(cluster, "master", "cat /etc/ec2mpi/hostfile").stdout
-    return [
-        line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")
-    ]
-
-
-def wait_for(predicate, timeout, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def nodes_of(cluster):
-    return cli_json("status", "-c", cluster)["nodes"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_env(tmp_path_factory):
-    """The machine's local cloud (a singleton); left as it was found."""
-    saved = os.environ.get("EC2MPI_CONFIG_DIR")
-    os.environ["EC2MPI_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
-    was_up = cli_json("local", "status").get("up", False)
-    cli("local", "up", timeout=300)
-    global STATE
-    STATE = cli_json("local", "status")["state_dir"]
-    yield
-    if not was_up:
-        cli("local", "down", check=False)
-    if saved is None:
-        os.environ.pop("EC2MPI_CONFIG_DIR", None)
-    else:
-        os.environ["EC2MPI_CONFIG_DIR"] = saved
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +39,8 @@ def test_the_image_lives_under_a_fresh_state_dir_and_the_host_prefix_stays_empty
         demo, local_cloud_state):
     if local_cloud_state["fresh"] is not None:      # the suite began with no state directory
         assert not local_cloud_state["existed_before"]
-        assert Path(STATE) == local_cloud_state["fresh"]
-    assert Path(STATE, "image", "venv", "bin", "ec2mpi-agent").exists()
+        assert Path(STATE["dir"]) == local_cloud_state["fresh"]
+    assert Path(STATE["dir"], "image", "venv", "bin", "ec2mpi-agent").exists()
     assert os.listdir("/opt/ec2mpi") == []           # the host sees only an empty mount point
     out = on_node(demo, "master", "command -v mpirun; ls /opt/ec2mpi/venv/bin/ec2mpi-agent").stdout
     assert out.split() == ["/opt/ec2mpi/venv/bin/mpirun", "/opt/ec2mpi/venv/bin/ec2mpi-agent"]
@@ -270,8 +214,8 @@ def test_destroy_leaves_nothing_behind(demo):
     procs = subprocess.run(
         ["ps", "-eo", "args"], check=False, capture_output=True, text=True
     ).stdout
-    assert not any(f"{STATE}/nodes/{i}" in procs for i in ids)
-    assert not any(Path(STATE, "nodes", i).exists() for i in ids)
+    assert not any(f"{STATE['dir']}/nodes/{i}" in procs for i in ids)
+    assert not any(Path(STATE["dir"], "nodes", i).exists() for i in ids)
     listed = cli_json("list")
     assert demo not in json.dumps(listed)
     from ec2mpi.localcloud import control
