@@ -60,13 +60,38 @@ def existing(ops, item: dict, spec: ClusterSpec, wait: bool, timeout: float) -> 
                         f"change its size with 'ec2mpi resize N -c {spec.name}', or "
                         f"'ec2mpi destroy {spec.name}' first")
     ops.say(0, 0, f"cluster {spec.name} already exists with these settings")
+    replaced = replace_lost_master(ops, spec, item)
     if wait:
         members = [n.instance_id for n in inspect_status(ops, spec.name, with_cost=False).nodes
                    if n.state not in ("lost", "terminated", "draining")]
         wait_ready(ops, spec.name, members, timeout)
     status = inspect_status(ops, spec.name)
-    status.notice = f"cluster {spec.name} already existed with these settings; nothing new was made"
+    status.notice = (f"cluster {spec.name} already existed with these settings; "
+                     + (f"its lost master was replaced by {replaced}" if replaced
+                        else "nothing new was made"))
     return status
+
+
+def replace_lost_master(ops, spec: ClusterSpec, item: dict) -> str | None:
+    """A lost master is replaced from the same state (its template, role and shared storage;
+    jobs with --restarts resume once it is back). Idempotent: the replacement's launch token
+    is recorded first. Returns the new master's id, or None if the master is fine."""
+    name = spec.name
+    master = inspect_status(ops, name, with_cost=False).master
+    if master is not None and master.state not in ("lost", "terminated", "invalid"):
+        return None
+    token = item.get("master_token") or f"master-{uuid.uuid4().hex}"
+    ops.registry.update_cluster(name, master_token=token)
+    lt = Templates(ops.aws, name).find_launch_template("master")
+    if lt is None:
+        raise UserError(f"cluster {name!r} has no master launch template",
+                        f"destroy and re-create it: ec2mpi destroy {name}")
+    subnets = Network(ops.aws, name).subnets(spec.subnet_ids)
+    ops.say(0, 0, f"the master of {name} is lost: launching a new one")
+    new = Instances(ops.aws, name).launch(LaunchRequest(
+        lt, 1, token, spec.instance_types, tuple(subnets), spot=spec.master_spot, role="master"))
+    ops.registry.update_cluster(name, master=new[0], master_token="")
+    return new[0]
 
 
 def complete_spec(ops, spec: ClusterSpec) -> ClusterSpec:

@@ -35,9 +35,11 @@ def status(ops, name: str, with_cost: bool = True) -> ClusterStatus:
             instance_type=inst.instance_type, lifecycle=inst.lifecycle,
             private_ip=inst.private_ip, public_ip=inst.public_ip, state="pending", slots=0,
             image=inst.image))
-    for n in nodes:
+    for n in nodes:   # the master is the one the client recorded; a replaced one is history
         if n.instance_id == master and n.state != "invalid":
             n.role = "master"
+        elif n.role == "master":
+            n.role = "old-master"
     nodes.sort(key=lambda n: (n.role != "master", order.get(n.instance_id, 1 << 30),
                               n.instance_id))
     st = ClusterStatus(name, item.get("status", "?"), spec, ops.registry.epoch(name) or 0,

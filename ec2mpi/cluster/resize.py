@@ -8,7 +8,7 @@ from ..aws.network import Network
 from ..aws.templates import Templates
 from ..config import ClusterSpec, parse_count, validate_name
 from ..errors import CloudError, UserError
-from .create import placement_group
+from .create import placement_group, replace_lost_master
 from .inspect import cost_of
 from .inspect import status as inspect_status
 from .model import Removal, Resize
@@ -71,6 +71,7 @@ def resize(ops, name: str, target: int, wait: bool, timeout: float, confirm=None
     `confirm(removal)` is asked before nodes are removed (False keeps them)."""
     target = parse_count(target, "node count")
     item, spec = ready_cluster(ops, name)
+    replace_lost_master(ops, spec, item)
     members = [n for n in inspect_status(ops, name, with_cost=False).nodes
                if n.state not in GONE]
     plan = item.get("resize") or {}

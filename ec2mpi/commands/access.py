@@ -52,6 +52,11 @@ def links_for(status, local: bool, ready_only: bool = True):
 def _ready_link(ctx, status, ref):
     """The link to one node, refusing nodes that are not ready (never dial an address blindly)."""
     label, node = resolve_node(status, ref)
+    if label == "master" and node.state == "lost":
+        raise CloudError(f"the master of {status.name} ({node.instance_id}) is lost: "
+                         f"{node.reason or 'its instance is gone'}",
+                         f"launch a new one from the same state: ec2mpi create {status.name} "
+                         f"(same settings) or ec2mpi resize N -c {status.name}")
     if node.state != "ready":
         raise CloudError(
             f"{label} ({node.instance_id}) is {node.state}, not ready",

@@ -21,7 +21,9 @@ def spec_from_args(
     data.update(template or {})
     flags = {"nodes": args.nodes, "instance_types": args.instance_type, "spot": args.spot,
              "storage": args.storage, "ssh_cidr": args.ssh_cidr, "image_id": args.image,
-             "placement_group": args.placement_group, "region": getattr(args, "region", None)}
+             "placement_group": args.placement_group, "region": getattr(args, "region", None),
+             "keep_size": getattr(args, "keep_size", None),
+             "master_spot": getattr(args, "master_spot", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     data["name"] = args.name
     if local_info is not None:

@@ -95,6 +95,12 @@ _CREATE_ARGS = (
     Arg(("--ssh-cidr",), "addresses allowed to SSH in (default: yours)", type=parse_cidr,
         metavar="CIDR"),
     Arg(("--image",), "AMI id (default: latest Amazon Linux 2023)", metavar="AMI"),
+    Arg(("--keep-size",), "replace lost or interrupted nodes (the default for spot clusters)",
+        action="store_const", const=True, dest="keep_size", group="keep"),
+    Arg(("--no-keep-size",), "never replace lost nodes", action="store_const", const=False,
+        dest="keep_size", group="keep"),
+    Arg(("--master-spot",), "the master on spot too (it runs healing and jobs: on-demand by "
+        "default)", action="store_const", const=True, dest="master_spot"),
     Arg(("--placement-group",), "launch into a cluster placement group (low latency)",
         action="store_const", const=True),
     Arg(("--template",), "TOML cluster template (flags override it), e.g. examples/cluster.toml",

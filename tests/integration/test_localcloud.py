@@ -103,6 +103,51 @@ def test_nodes_resolve_names_like_on_ec2(demo, tmp_path):
         == ["join: rank 0", "join: rank 1"] and out.count("sees 1 remote") == 2
 
 
+RMA = r"""
+from array import array
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+mine = array("i", [comm.rank * 10 + i for i in range(4)])
+win = MPI.Win.Create(mine, comm=comm)
+win.Fence()
+got = array("i", [0])
+right = (comm.rank + 1) % comm.size
+win.Get(got, right, target=(3, 1, MPI.INT))
+win.Fence()
+win.Free()
+print(f"rma: rank {comm.rank} got {got[0]} from {right}:",
+      "OK" if got[0] == right * 10 + 3 else "WRONG", flush=True)
+"""
+
+SPAWN = r"""
+import platform
+from mpi4py.futures import MPIPoolExecutor
+with MPIPoolExecutor(max_workers=4) as pool:
+    hosts = sorted(set(pool.submit(platform.node).result() for _ in range(16)))
+print("spawn:", len(hosts), "hosts", flush=True)
+"""
+
+
+def quiet(stderr: str) -> list:
+    """stderr lines, minus the two Open MPI 5.0.x lines no setting removes (ec2mpi.mpidefaults)."""
+    import re
+
+    from ec2mpi.mpidefaults import KNOWN_NOISE
+    return [line for line in stderr.splitlines()
+            if line.strip() and not any(re.match(p, line) for p in KNOWN_NOISE)]
+
+
+def test_mpi_is_quiet_rma_and_spawn_across_nodes(demo, tmp_path):
+    for name, text in (("rma.py", RMA), ("spawn.py", SPAWN)):
+        (tmp_path / name).write_text(text)
+        cli("put", "-c", demo, str(tmp_path / name), name)
+    res = on_node(demo, "master", "mpirun -np 6 --map-by node python /shared/rma.py")
+    assert res.stdout.count(": OK") == 6 and res.stderr == "", res.stderr   # not a line of noise
+    res = on_node(demo, "master", "mpirun -np 1 python /shared/spawn.py")
+    assert "spawn: " in res.stdout and quiet(res.stderr) == [], res.stderr
+    assert int(res.stdout.split("spawn:")[1].split()[0]) >= 2      # workers on other nodes too
+
+
 def test_mpirun_runs_ranks_on_distinct_hostnames(demo):
     out = cli(
         "ssh", "-c", demo, "--", "mpirun", "-np", "6", "python", "-m", "mpi4py.bench", "helloworld"

@@ -141,6 +141,27 @@ def test_a_job_outlives_the_client_that_started_it(spot):
     assert res.returncode == 0 and res.stdout.strip().endswith("checkpoint_restart: OK")
 
 
+def test_a_lost_master_is_said_plainly_and_create_again_replaces_it_jobs_resume(spot):
+    job = cli_json("run", "-c", spot, "--restarts", "1", "--detach", "--", "python",
+                   "/shared/checkpoint_restart.py", "--seconds", "20")
+    wait_for(lambda: next(j for j in cli_json("jobs", "-c", spot)["jobs"]
+                          if j["id"] == job["id"])["state"] == "running", 60, what="the job to run")
+    time.sleep(4)
+    master = next(n for n in nodes_of(spot) if n["role"] == "master")
+    cli("local", "kill", master["instance_id"])
+    wait_for(lambda: next(n for n in nodes_of(spot) if n["instance_id"] == master["instance_id"]
+                          )["state"] == "lost", 90, what="status to say the master is lost")
+    res = cli("ssh", "-c", spot, "--", "true", check=False)
+    assert res.returncode == 1 and f"the master of {spot}" in res.stderr and "is lost" in res.stderr
+    assert f"ec2mpi create {spot}" in res.stderr
+    again = cli("create", spot, "--nodes", "4", "--storage", "efs", "--yes", *WAIT, timeout=180)
+    assert "its lost master was replaced by" in again.stdout
+    res = cli("attach", "-c", spot, job["id"], check=False, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("checkpoint_restart: OK"), res
+    info = next(j for j in cli_json("jobs", "-c", spot)["jobs"] if j["id"] == job["id"])
+    assert info["restarts"] == 1 and "master" in json.dumps(info)
+
+
 def test_destroy_stops_healing_first_and_nothing_is_relaunched(spot):
     from ec2mpi.aws.instances import Instances
     from ec2mpi.localcloud import control
