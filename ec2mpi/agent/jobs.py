@@ -116,6 +116,7 @@ def summary(store: JobStore, job_id: str, now: float | None = None) -> dict:
     now = now or time.time()
     return {"id": job_id, "kind": spec.kind, "state": st.state, "exit_status": st.exit_status,
             "restarts": len(st.restarts), "restart_costs_s": [r.get("cost_s") for r in st.restarts],
+            "restart_reasons": [r.get("reason", "") for r in st.restarts],
             "nodes": len(st.nodes), "age_s": round(now - spec.created, 1), "reason": st.reason,
             "command": " ".join(spec.command), "progress": st.progress}
 

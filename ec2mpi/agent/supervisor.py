@@ -81,10 +81,16 @@ class Supervisor:
 
     # -- the members, as the master's watcher last wrote them ----------------------------
     def members(self) -> dict:
+        """private IP -> member; addresses are reused, so a lost node's old item never
+        hides the live node that has its address now."""
         try:
-            return {m["private_ip"]: m for m in json.loads(self.members_file.read_text())}
+            items = json.loads(self.members_file.read_text())
         except (OSError, ValueError):
             return {}
+        out: dict = {}
+        for m in sorted(items, key=lambda m: m["state"] not in ("lost", "draining")):
+            out[m["private_ip"]] = m      # the live ones come last and win
+        return out
 
     def vanished(self, hosts) -> str:
         """Why one of `hosts` is gone or going, or ''; it joins `dead` (never used again)."""
@@ -155,6 +161,11 @@ class Supervisor:
             restart = len(st.restarts)
         st.host, st.pid = self.instance_id, os.getpid()
         self.store.save(self.id, st)
+        began = time.monotonic()
+        if not self.wait_for_slots():   # a new master's first hostfile may still list the old
+            return self.finish("failed", 1, "the cluster has no usable nodes for the job")
+        if st.restarts and st.restarts[-1].get("cost_s") is None:
+            st.restarts[-1]["cost_s"] = round(time.monotonic() - began, 1)
         self.launch(restart)
         while True:
             reason = self.follow()

@@ -49,7 +49,7 @@ def live(cluster):
 def rank_processes(pattern, exact=False):
     """Processes of the cluster user whose command line contains (or with `exact`, is)
     `pattern`: nodes share the host's PID space, so the host sees every node's."""
-    out = subprocess.run(["ps", "-u", "ec2mpi", "-o", "pid=,args="], check=False,
+    out = subprocess.run(["ps", "-ww", "-u", "ec2mpi", "-o", "pid=,args="], check=False,
                          capture_output=True, text=True).stdout
     procs = [line.strip().split(None, 1) for line in out.splitlines() if line.strip()]
     return [pid for pid, *args in procs
@@ -157,8 +157,9 @@ def test_a_lost_master_is_said_plainly_and_create_again_replaces_it_jobs_resume(
     again = cli("create", spot, "--nodes", "4", "--storage", "efs", "--yes", *WAIT, timeout=180)
     assert "its lost master was replaced by" in again.stdout
     res = cli("attach", "-c", spot, job["id"], check=False, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip().endswith("checkpoint_restart: OK"), res
     info = next(j for j in cli_json("jobs", "-c", spot)["jobs"] if j["id"] == job["id"])
+    assert res.returncode == 0 and res.stdout.strip().endswith("checkpoint_restart: OK"), (
+        res.stdout, info, nodes_of(spot))
     assert info["restarts"] == 1 and "master" in json.dumps(info)
 
 
