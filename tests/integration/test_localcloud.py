@@ -108,7 +108,7 @@ from array import array
 from mpi4py import MPI
 comm = MPI.COMM_WORLD
 mine = array("i", [comm.rank * 10 + i for i in range(4)])
-win = MPI.Win.Create(mine, comm=comm)
+win = MPI.Win.Create(mine, disp_unit=mine.itemsize, comm=comm)
 win.Fence()
 got = array("i", [0])
 right = (comm.rank + 1) % comm.size
@@ -122,9 +122,10 @@ print(f"rma: rank {comm.rank} got {got[0]} from {right}:",
 SPAWN = r"""
 import platform
 from mpi4py.futures import MPIPoolExecutor
-with MPIPoolExecutor(max_workers=4) as pool:
-    hosts = sorted(set(pool.submit(platform.node).result() for _ in range(16)))
-print("spawn:", len(hosts), "hosts", flush=True)
+if __name__ == "__main__":
+    with MPIPoolExecutor(max_workers=4) as pool:
+        hosts = sorted(set(f.result() for f in [pool.submit(platform.node) for _ in range(16)]))
+    print("spawn:", len(hosts), "hosts", flush=True)
 """
 
 
