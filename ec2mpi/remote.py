@@ -207,7 +207,8 @@ def put(client: paramiko.SSHClient, local: str, remote: str) -> int:
 
 
 def get(client: paramiko.SSHClient, remote: str, local: str) -> int:
-    """Copy a file or directory tree from the node; returns bytes received."""
+    """Copy a file or directory tree from the node; returns bytes received. Names in a remote
+    listing come from the node, which we do not trust: see _checked_names and _inside."""
     got = 0
     with client.open_sftp() as sftp:
         try:
@@ -216,22 +217,66 @@ def get(client: paramiko.SSHClient, remote: str, local: str) -> int:
             raise UserError(
                 f"{remote} does not exist on the cluster", "list it with: ec2mpi ssh -- ls /shared"
             ) from None
-        if stat.S_ISDIR(attrs.st_mode):
+        if stat.S_ISDIR(attrs.st_mode or 0):
+            os.makedirs(local, exist_ok=True)
+            top = os.path.realpath(local)
             stack = [(remote, local)]
             while stack:
                 rdir, ldir = stack.pop()
-                os.makedirs(ldir, exist_ok=True)
-                for entry in sftp.listdir_attr(rdir):
-                    r, l = posixpath.join(rdir, entry.filename), os.path.join(ldir, entry.filename)
-                    if stat.S_ISDIR(entry.st_mode):
-                        stack.append((r, l))
+                os.makedirs(_inside(ldir, top, local), exist_ok=True)
+                entries = sftp.listdir_attr(rdir)
+                for entry in _checked_names(entries, rdir):
+                    r = posixpath.join(rdir, entry.filename)
+                    dest = _inside(os.path.join(ldir, entry.filename), top, local)
+                    if stat.S_ISDIR(entry.st_mode or 0):
+                        stack.append((r, dest))
                     else:
-                        sftp.get(r, l); got += entry.st_size or 0
+                        sftp.get(r, dest)
+                        got += entry.st_size or 0
         else:
             if os.path.isdir(local):
                 local = os.path.join(local, posixpath.basename(remote))
             sftp.get(remote, local); got += attrs.st_size or 0
     return got
+
+
+def bad_name(name) -> str:
+    """Why a file name from a remote listing cannot be used as one local path component
+    ('' if it can): a hostile node could send '../../.bashrc'."""
+    if not isinstance(name, str) or name in ("", ".", ".."):
+        return "not a file name"
+    if "\0" in name:
+        return "it contains a NUL byte"
+    for sep in {"/", os.sep, os.altsep} - {None}:
+        if sep in name:
+            return f"it contains {sep!r}"
+    return ""
+
+
+def _checked_names(entries, rdir: str) -> list:
+    """The whole listing, checked before any of it is fetched."""
+    for entry in entries:
+        why = bad_name(entry.filename)
+        if why:
+            raise CloudError(
+                f"the node listed an unsafe file name {entry.filename!r} in {rdir} ({why})",
+                "nothing of that directory was copied; whoever can write there on the cluster "
+                "may be trying to write outside your destination",
+            )
+    return list(entries)
+
+
+def _inside(path: str, top: str, local: str) -> str:
+    """`path` unchanged if it resolves (symlinks included) inside `top`, the real path of the
+    destination `local`; a local symlink leading out stops the copy."""
+    real = os.path.realpath(path)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise UserError(
+            f"{path} leads outside the destination {local} (to {real})",
+            "a symlink in the destination points elsewhere: remove it, or copy into an "
+            "empty directory",
+        )
+    return path
 
 
 def _mkdirs(sftp, path: str) -> None:

@@ -73,6 +73,17 @@ class CheckIpStub:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def host_accounts_intact():
+    """A tripwire: nodes of the local cloud share the host's /etc, and agents and tests add
+    and remove users there. The host's own accounts must survive the whole session."""
+    import pwd
+    before = {p.pw_name for p in pwd.getpwall() if p.pw_uid < 1000}
+    yield
+    missing = before - {p.pw_name for p in pwd.getpwall()}
+    assert not missing, f"the session removed host accounts from /etc/passwd: {sorted(missing)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
 def checkip():
     """Every test (and every process it starts) asks this stub for 'your public address'."""
     stub = CheckIpStub()

@@ -5,6 +5,13 @@ ssh client and server set-up, shared storage, the MPI environment, then registra
 `booting` first (so `status` sees the node early), `ready` only once keys, storage and
 sshd are really in place. Every filesystem path hangs off AgentPaths.root so the tests
 run the whole thing in a temporary directory.
+
+The agent is root, and the cluster user owns its home and the shared directory: everything
+written there is written by a child that has become the user (asuser, safefiles), so a
+symlink the user planted leads nowhere the user could not go anyway. Root writes only its
+own files (/etc/ec2mpi, the host key, node state), in directories only root controls.
+Creating the home (and giving the user the home and the shared mount) stays root's, on
+descriptors opened without following links.
 """
 from __future__ import annotations
 
@@ -25,21 +32,35 @@ from ..aws.keystore import KeyStore
 from ..aws.registry import Node, Registry, node_pk
 from ..aws.session import AwsSession
 from ..keys import known_hosts_line
+from .asuser import Account, account
 from .hostfile import MPICH_NAME, OPENMPI_NAME
 from .imds import Imds
 from .params import AgentParams, AgentPaths, identity, session_for
+from .safefiles import (
+    claim_dir,
+    ensure_dir,
+    ensure_dir_at,
+    install_root,
+    prepare_mount_point,
+    read_regular_at,
+    run_in_dir_as,
+    write_file_at,
+)
 
 log = logging.getLogger("ec2mpi.agent")
 
-EFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
 ENV_BEGIN, ENV_END = "# >>> ec2mpi (managed by ec2mpi-agent) >>>", "# <<< ec2mpi <<<"
 
 
 # -- pure command lines (unit-tested) -----------------------------------------------
-def efs_mount_command(fs_id: str, region: str, path: str, efs_utils: bool = False) -> list[str]:
-    if efs_utils:
-        return ["mount", "-t", "efs", "-o", "tls", f"{fs_id}:/", path]
-    return ["mount", "-t", "nfs4", "-o", EFS_OPTIONS, f"{fs_id}.efs.{region}.amazonaws.com:/", path]
+def efs_mount_command(fs_id: str, path: str, efs_utils: bool = False) -> list[str]:
+    """EFS over TLS, authorized by the node's role: the file system's policy admits only this
+    cluster's roles, so a plain NFS mount (anonymous to EFS) is refused there."""
+    if not efs_utils:
+        raise RuntimeError("EFS needs amazon-efs-utils (mount.efs) on the image: the file system "
+                        "admits only this cluster's roles, over TLS with IAM; bake the image "
+                        "with bootstrap/bake-ami.sh, or use --storage s3fs")
+    return ["mount", "-t", "efs", "-o", "tls,iam", f"{fs_id}:/", path]
 
 
 def s3fs_mount_command(
@@ -58,7 +79,7 @@ def mount_command(params: AgentParams, path: str, uid: int, gid: int, hook: str 
     if hook:
         return [hook, params.storage, params.storage_id, path]
     if params.storage == "efs":
-        return efs_mount_command(params.storage_id, params.region, path, efs_utils)
+        return efs_mount_command(params.storage_id, path, efs_utils)
     if params.storage == "s3fs":
         return s3fs_mount_command(params.bucket, params.cluster, params.region, path, uid, gid)
     raise ValueError(f"unknown storage kind {params.storage!r}")
@@ -109,24 +130,20 @@ def _run(cmd: list[str]) -> None:
         )
 
 
-def _owner(user: str) -> tuple[int, int]:
+def _account(user: str) -> Account:
+    """The cluster user's account; an unprivileged agent (tests) works as itself."""
     try:
-        pw = pwd.getpwnam(user)
-        return pw.pw_uid, pw.pw_gid
+        return account(user)
     except KeyError:
-        return os.getuid(), os.getgid()
+        if os.geteuid() == 0:
+            raise RuntimeError(f"the cluster user {user!r} does not exist") from None
+        me = pwd.getpwuid(os.getuid())
+        return Account(me.pw_name, me.pw_uid, os.getgid(), tuple(os.getgroups()))
 
 
-def _install(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    if owner and os.geteuid() == 0:
-        os.chown(tmp, *owner)
-    os.replace(tmp, path)
+def _log_notes(notes) -> None:
+    for note in notes or ():
+        log.warning("%s", note)
 
 
 def ensure_user(user: str, paths: AgentPaths) -> None:
@@ -144,43 +161,55 @@ def ensure_user(user: str, paths: AgentPaths) -> None:
     _run(cmd + [user])
 
 
+def ensure_home(acct: Account, home: Path) -> None:
+    """The home exists and is the user's: made (and handed over) by root where root controls
+    the way there (useradd -M leaves it missing), never chowned through a user's link."""
+    if os.geteuid() != 0:
+        home.mkdir(parents=True, exist_ok=True)
+    elif claim_dir(home, acct.uid, acct.gid):
+        log.info("gave %s to %s", home, acct.name)
+
+
 def install_keys(params: AgentParams, paths: AgentPaths, keys) -> None:
-    """User identity + authorized_keys + ssh client config; shared host key + known_hosts."""
-    owner = _owner(params.user)
+    """User identity + authorized_keys + ssh client config, written by the user in ~/.ssh;
+    shared host key + known_hosts by root in /etc/ec2mpi."""
+    acct = _account(params.user)
     home = paths.home(params.user)
-    ssh = home / ".ssh"
-    ssh.mkdir(parents=True, exist_ok=True)
-    os.chmod(ssh, 0o700)
-    if os.geteuid() == 0:
-        os.chown(home, *owner)
-        os.chown(ssh, *owner)
-    _install(ssh / "id_ed25519", keys.identity.private_openssh, 0o600, owner)
-    _install(ssh / "id_ed25519.pub", keys.identity.public_openssh, 0o644, owner)
-    _install(ssh / "authorized_keys", keys.identity.public_openssh, 0o600, owner)
-    _install(
-        ssh / "config",
-        ssh_client_config(ssh / "id_ed25519", paths.known_hosts).encode(),
-        0o600,
-        owner,
-    )
-    paths.etc.mkdir(parents=True, exist_ok=True)
-    _install(paths.host_key, keys.host.private_openssh, 0o600, (0, 0))
-    _install(
-        paths.host_key.with_name(paths.host_key.name + ".pub"),
-        keys.host.public_openssh,
-        0o644,
-        (0, 0),
-    )
-    _install(paths.known_hosts, known_hosts_line(keys.host.public_openssh).encode(), 0o644, (0, 0))
+    ensure_home(acct, home)
+    config = ssh_client_config(home / ".ssh" / "id_ed25519", paths.known_hosts).encode()
+    files = [("id_ed25519", keys.identity.private_openssh, 0o600),
+             ("id_ed25519.pub", keys.identity.public_openssh, 0o644),
+             ("authorized_keys", keys.identity.public_openssh, 0o600),
+             ("config", config, 0o600)]
+    _log_notes(run_in_dir_as(acct, home, f"installing the ssh keys in {home}/.ssh",
+                             _user_ssh_files, files))
+    install_root(paths.host_key, keys.host.private_openssh, 0o600)
+    install_root(paths.host_key.with_name(paths.host_key.name + ".pub"),
+                 keys.host.public_openssh, 0o644)
+    install_root(paths.known_hosts, known_hosts_line(keys.host.public_openssh).encode(), 0o644)
+
+
+def _user_ssh_files(home_fd: int, files) -> list:
+    """(As the user.) ~/.ssh is the agent's: a symlink there is replaced by a real 0700
+    directory (its target untouched); a file there fails the step."""
+    fd, replaced = ensure_dir_at(home_fd, ".ssh", 0o700)
+    try:
+        os.fchmod(fd, 0o700)
+        for name, data, mode in files:
+            write_file_at(fd, name, data, mode)
+    finally:
+        os.close(fd)
+    return ["~/.ssh was a symlink: replaced by a directory (its target was not touched)"] \
+        if replaced else []
 
 
 def configure_sshd(paths: AgentPaths, local: bool, pidfile: str | None) -> None:
     """Serve the shared host key. On AWS a drop-in Includes our config; locally sshd already
     does."""
-    _install(paths.sshd_config, (f"# written by ec2mpi-agent\nHostKey {paths.host_key}\n"
-                                 "PasswordAuthentication no\n").encode(), 0o644, (0, 0))
+    install_root(paths.sshd_config, (f"# written by ec2mpi-agent\nHostKey {paths.host_key}\n"
+                                     "PasswordAuthentication no\n").encode(), 0o644)
     if not local:
-        _install(paths.sshd_dropin, f"Include {paths.sshd_config}\n".encode(), 0o644, (0, 0))
+        install_root(paths.sshd_dropin, f"Include {paths.sshd_config}\n".encode(), 0o644)
     if pidfile:
         pid = int(Path(pidfile).read_text().split()[0])
         log.info("reload sshd: SIGHUP to %d", pid)
@@ -198,36 +227,83 @@ def configure_sshd(paths: AgentPaths, local: bool, pidfile: str | None) -> None:
 
 
 def mount_shared(params: AgentParams, paths: AgentPaths, hook: str | None) -> None:
+    """Mount shared storage (on a mount point whose entry only root controls), give its root
+    to the cluster user, and make the agent's .ec2mpi directory in it as that user (a
+    symlink there is replaced, never followed)."""
     if params.storage == "none":
         return
+    acct = _account(params.user)
     target = paths.shared(params)
-    target.mkdir(parents=True, exist_ok=True)
-    uid, gid = _owner(params.user)
+    if os.geteuid() == 0:
+        prepare_mount_point(target)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
     if os.path.ismount(target):
         log.info("shared storage already mounted at %s", target)
     else:
         _run(
             mount_command(
-                params, str(target), uid, gid, hook, efs_utils=bool(shutil.which("mount.efs"))
+                params, str(target), acct.uid, acct.gid, hook,
+                efs_utils=bool(shutil.which("mount.efs"))
             )
         )
+    _check_mounted(target, params.storage)
     if os.geteuid() == 0:
         try:
-            st = target.stat()
-            if st.st_uid != uid:
-                os.chown(target, uid, gid)
+            claim_dir(target, acct.uid, acct.gid)
         except OSError as err:  # s3fs ownership comes from its uid= option
             log.warning("could not chown %s: %s", target, err)
-    (target / ".ec2mpi").mkdir(exist_ok=True)
+    _log_notes(ensure_dir(target / ".ec2mpi"))
+
+
+def _check_mounted(target: Path, storage: str, wait: float = 5.0) -> None:
+    """A mount helper can exit 0 and its FUSE daemon die right after (s3fs refused by S3):
+    the node is not ready until the mount answers."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if os.path.ismount(target):
+                os.listdir(target)
+                return
+            problem = "nothing is mounted there"
+        except OSError as err:
+            problem = err.strerror or str(err)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"shared storage ({storage}) at {target} is not usable: {problem}; "
+                            "see the mount helper's messages above")
+        time.sleep(0.2)
 
 
 def install_mpi_env(params: AgentParams, paths: AgentPaths, local: bool) -> None:
+    """The managed block on top of ~/.bashrc and ~/.profile, merged by the user (see
+    _merge_env_files for what happens to a symlink there)."""
     block = mpi_env_block(params.prefix, paths.etc, local)
-    home = paths.home(params.user)
+    _log_notes(run_in_dir_as(_account(params.user), paths.home(params.user),
+                             "adding the MPI environment to ~/.bashrc and ~/.profile",
+                             _merge_env_files, block))
+
+
+def _merge_env_files(home_fd: int, block: str) -> list:
+    """(As the user.) Each file is read without following a symlink: a symlink (or a file
+    that is not regular or not readable) is replaced by a regular file holding only the
+    managed block; its target is never read or changed."""
+    notes = []
     for name in (".bashrc", ".profile"):
-        f = home / name
-        old = f.read_text() if f.exists() else ""
-        _install(f, with_env_block(old, block).encode(), 0o644, _owner(params.user))
+        old = read_regular_at(home_fd, name)
+        if old is None and _present(home_fd, name):
+            notes.append(f"~/{name} was a symlink or not a readable regular file: replaced by "
+                         "a fresh file with the MPI environment")
+        text = with_env_block((old or b"").decode("utf-8", "surrogateescape"), block)
+        write_file_at(home_fd, name, text.encode("utf-8", "surrogateescape"), 0o644)
+    return notes
+
+
+def _present(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def wait_banner(ip: str, port: int, timeout: float) -> None:
@@ -296,7 +372,7 @@ def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | N
                 me.lifecycle, me.instance_type, "booting", image=me.image)
     node.key = node_pk(params.cluster, roles[params.role], me.instance_id)
     register(reg, params.cluster, node, master_timeout)
-    _install(paths.state, json.dumps(asdict(node)).encode(), 0o644)
+    install_root(paths.state, json.dumps(asdict(node)).encode(), 0o644)
     log.info("registered as %s (booting)", node.role)
 
     keys = KeyStore(aws, bucket=params.bucket, owner=params.account or None).get_keys(
@@ -310,6 +386,6 @@ def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | N
 
     node.state = "ready"
     register(reg, params.cluster, node, master_timeout)
-    _install(paths.state, json.dumps(asdict(node)).encode(), 0o644)
+    install_root(paths.state, json.dumps(asdict(node)).encode(), 0o644)
     log.info("ready")
     return node

@@ -3,12 +3,20 @@
 Master first (mpirun puts rank 0 there), ready nodes only (booting ones cannot take
 ranks yet, draining ones are about to vanish), written atomically so a concurrent
 mpirun never reads half a file.
+
+The agent that writes them is root, and the shared directory belongs to the cluster user:
+every write goes through safefiles.write_files, which writes as root only where root alone
+controls the path and as the user in control elsewhere (so a symlink planted at
+SHARED/.ec2mpi cannot aim root's write at, say, /etc/sudoers.d).
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import logging
 from pathlib import Path
+
+from .safefiles import write_files
+
+log = logging.getLogger("ec2mpi.agent.hostfile")
 
 OPENMPI_NAME = "hostfile"
 MPICH_NAME = "hostfile.mpich"
@@ -38,21 +46,10 @@ def render_mpich(nodes) -> str:
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a sibling temp file, then rename over the target (atomic on one filesystem)."""
+    """Write a sibling temp file, then rename over the target (atomic on one filesystem);
+    as root only where no other user controls the directory (safefiles)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_files(path.parent, {path.name: text}, mode)
 
 
 def write_hostfiles(nodes, directories) -> str:
@@ -61,9 +58,10 @@ def write_hostfiles(nodes, directories) -> str:
     openmpi, mpich = render_openmpi(nodes), render_mpich(nodes)
     for i, d in enumerate(directories):
         try:  # MPICH's first: the Open MPI file (the one most readers wait for) completes the pair
-            atomic_write(Path(d) / MPICH_NAME, mpich)
-            atomic_write(Path(d) / OPENMPI_NAME, openmpi)
-        except OSError:
+            for note in write_files(Path(d), {MPICH_NAME: mpich, OPENMPI_NAME: openmpi}):
+                log.warning("%s", note)
+        except OSError as err:
             if i == 0:
                 raise
+            log.warning("hostfile copy in %s skipped: %s", d, err)
     return openmpi

@@ -7,7 +7,48 @@ worker launch template and terminate the cluster's own instances, all scoped by 
 tag or launch-template conditions. docs/internals.md has the table of who writes what.
 
 Names carry the region (IAM is global, clusters are per region) and fit IAM's 64
-characters; a role is adopted only if it is tagged with this cluster and region.
+characters; a role (and its instance profile) is adopted only if it is tagged with this
+cluster and region.
+
+Why each statement exists (Sid: reason). Worker and master:
+- ReadOwnClusterObjects: the key bundle and the wheel under clusters/NAME/ (nothing else).
+- ReadClusterAndEpoch: the cluster item (spec, role ids) and the membership counter.
+- OwnNodeItem: a node writes only the item whose key ends with its own aws:userid.
+- BumpTheEpochOnly: UpdateItem on the epoch item touching only the `epoch` attribute.
+- ListOwnSharedPrefix, WriteOwnSharedPrefix (s3fs only): s3fs lists and writes
+  clusters/NAME/shared/, and nothing else of the bucket.
+- S3fsBucketCheck (s3fs only): s3fs before 1.92 (Debian 12, Ubuntu 22.04) checks the
+  bucket at mount with a listing that has no prefix at all, and exits if it is refused. It
+  reveals object NAMES of the key bucket (never contents); docs/internals.md counts it.
+Master only (healing):
+- Membership, ListMembers: mark nodes lost, write the master state, list the members index,
+  all under this cluster's leading keys.
+- SeeInstances: Describe* cannot be scoped by resource (AWS: Resource "*").
+- LaunchTaggedFromTheWorkerTemplate: RunInstances creates an instance, its root volume and
+  its network interface; each must carry this cluster's tag (aws:RequestTag, which counts
+  the request's TagSpecifications and the launch template's) and come from the worker
+  template (ec2:LaunchTemplate). The worker template tags all three types for that reason.
+- SpotRequestsOfTheLaunch: a spot launch also creates a spot-instances-request (EC2 User
+  Guide, "Tag Spot Instance requests"), which we do not tag (a template that tags
+  spot-instances-request fails on-demand launches); it launches nothing by itself: the
+  instance, volume and interface of the same call still need the tag and the template.
+- CreateTheFleetTagged: CreateFleet authorizes ec2:CreateFleet on the fleet, instance and
+  volume it creates, with aws:RequestTag but WITHOUT ec2:LaunchTemplate (the Service
+  Authorization Reference lists no such key for CreateFleet: a condition on it would never
+  match); the template is pinned by resource ARN in UseTheClusterResources instead. An
+  instant fleet also authorizes ec2:RunInstances with the caller's rights (the statements
+  above), so both must allow it.
+- UseTheClusterResources: the existing resources a launch names: the worker launch template
+  (by id: the only template the master may launch from), subnets, the security group, the
+  image, and this cluster's own placement group (a launch into a placement group is
+  authorized on placement-group/NAME; no other group).
+- TagOnlyAtLaunch: CreateTags only as part of RunInstances/CreateFleet (ec2:CreateAction)
+  and only with this cluster's tag: the master cannot tag (adopt) an existing instance.
+- TerminateOwnInstances: only instances already tagged with this cluster.
+- PassTheWorkerRole: the instances it launches get the worker role, never the master's.
+RunInstances' created and existing resources sit in different statements (the documented
+AWS pattern: tag conditions apply only where tags are requested); every resource type
+RunInstances and CreateFleet require is allowed by one of them (tests/unit/test_policy_lint).
 """
 from __future__ import annotations
 
@@ -77,6 +118,9 @@ def worker_policy(scope: PolicyScope) -> dict:
             {"Sid": "ListOwnSharedPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
              "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}"],
              "Condition": {"StringLike": {"s3:prefix": [shared, f"{shared}*"]}}},
+            {"Sid": "S3fsBucketCheck", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}"],
+             "Condition": {"Null": {"s3:prefix": "true"}}},
             {"Sid": "WriteOwnSharedPrefix", "Effect": "Allow",
              "Action": ["s3:PutObject", "s3:DeleteObject"],
              "Resource": [f"arn:{scope.partition}:s3:::{scope.bucket}/{shared}*"]},
@@ -86,12 +130,15 @@ def worker_policy(scope: PolicyScope) -> dict:
 
 def master_policy(scope: PolicyScope) -> dict:
     """A worker's rights, plus what healing needs: membership, the master state, launching
-    from the worker template, terminating the cluster's own instances."""
+    from the worker template, terminating the cluster's own instances. The module docstring
+    says why each statement exists."""
     c = scope.cluster
-    instance_arns = [scope.arn("ec2", f"{kind}/*") for kind in
-                     ("instance", "volume", "network-interface", "spot-instances-request",
-                      "fleet")]
-    lt_arn = scope.arn("ec2", f"launch-template/{scope.launch_template_id}")
+    ec2 = scope.arn
+
+    def arns(*kinds: str) -> list[str]:
+        return [ec2("ec2", f"{kind}/*") for kind in kinds]
+
+    lt_arn = ec2("ec2", f"launch-template/{scope.launch_template_id}")
     own_tag = {f"aws:RequestTag/{TAG_CLUSTER}": c}
     statements = worker_policy(scope)["Statement"] + [
         {"Sid": "Membership", "Effect": "Allow",
@@ -103,21 +150,28 @@ def master_policy(scope: PolicyScope) -> dict:
          "Resource": [f"{scope.table}/index/{MEMBERS_INDEX}"], "Condition": _leading(c)},
         {"Sid": "SeeInstances", "Effect": "Allow",
          "Action": ["ec2:DescribeInstances", "ec2:DescribeInstanceTypes",
-                    "ec2:DescribeSubnets", "ec2:DescribeLaunchTemplateVersions"],
+                    "ec2:DescribeSubnets", "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeLaunchTemplateVersions"],
          "Resource": ["*"]},
         {"Sid": "LaunchTaggedFromTheWorkerTemplate", "Effect": "Allow",
-         "Action": ["ec2:RunInstances", "ec2:CreateFleet"], "Resource": instance_arns,
+         "Action": ["ec2:RunInstances"],
+         "Resource": arns("instance", "volume", "network-interface"),
          "Condition": {"StringEquals": own_tag, "ArnLike": {"ec2:LaunchTemplate": lt_arn}}},
-        {"Sid": "LaunchFromTheWorkerTemplate", "Effect": "Allow",
+        {"Sid": "SpotRequestsOfTheLaunch", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": arns("spot-instances-request")},
+        {"Sid": "CreateTheFleetTagged", "Effect": "Allow", "Action": ["ec2:CreateFleet"],
+         "Resource": arns("fleet", "instance", "volume"), "Condition": {"StringEquals": own_tag}},
+        {"Sid": "UseTheClusterResources", "Effect": "Allow",
          "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
-         "Resource": [lt_arn, scope.arn("ec2", "subnet/*"), scope.arn("ec2", "security-group/*"),
-                      scope.arn("ec2", "image/*", account=False)]},
+         "Resource": [lt_arn, *arns("subnet", "security-group"),
+                      ec2("ec2", "image/*", account=False),
+                      ec2("ec2", f"placement-group/{ResourceNames(c).placement_group}")]},
         {"Sid": "TagOnlyAtLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
-         "Resource": instance_arns,
+         "Resource": arns("instance", "volume", "network-interface", "fleet"),
          "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"],
                                         **own_tag}}},
         {"Sid": "TerminateOwnInstances", "Effect": "Allow", "Action": ["ec2:TerminateInstances"],
-         "Resource": [scope.arn("ec2", "instance/*")],
+         "Resource": arns("instance"),
          "Condition": {"StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": c}}},
     ]
     if scope.worker_role_arn:
@@ -158,7 +212,8 @@ class NodeRole:
         except ClientError as err:
             if error_code(err) != "EntityAlreadyExists":
                 raise explain_client_error("iam:CreateInstanceProfile", err) from err
-        profile = self.iam.get_instance_profile(InstanceProfileName=self.name)["InstanceProfile"]
+        profile = self._profile()
+        self._check_profile_ours(profile)
         if not any(r["RoleName"] == self.name for r in profile.get("Roles", [])):
             try:
                 self.iam.add_role_to_instance_profile(InstanceProfileName=self.name,
@@ -166,7 +221,14 @@ class NodeRole:
             except ClientError as err:
                 if error_code(err) != "LimitExceeded":  # already has a role (a racing resume)
                     raise explain_client_error("iam:AddRoleToInstanceProfile", err) from err
+            self._check_profile_ours(self._profile(), role_inside=True)
         return profile["Arn"], role["Arn"], role["RoleId"]
+
+    def _profile(self) -> dict:
+        try:
+            return self.iam.get_instance_profile(InstanceProfileName=self.name)["InstanceProfile"]
+        except ClientError as err:
+            raise explain_client_error("iam:GetInstanceProfile", err) from err
 
     def put_policy(self, policy: dict) -> None:
         try:
@@ -176,10 +238,24 @@ class NodeRole:
             raise explain_client_error("iam:PutRolePolicy", err) from err
 
     def _check_ours(self, role: dict) -> None:
-        tags = {t["Key"]: t["Value"] for t in role.get("Tags") or self.iam.list_role_tags(
-            RoleName=self.name).get("Tags", [])}
+        tags = role.get("Tags") or self.iam.list_role_tags(RoleName=self.name).get("Tags", [])
+        self._refuse_unless_ours("IAM role", tags)
+
+    def _check_profile_ours(self, profile: dict, role_inside: bool = False) -> None:
+        """The instance profile of our name must be tagged ours too, and hold no other role
+        (nodes would run with it); `role_inside`: it must hold ours."""
+        self._refuse_unless_ours("IAM instance profile", profile.get("Tags") or [])
+        roles = [r["RoleName"] for r in profile.get("Roles", [])]
+        if any(r != self.name for r in roles) or (role_inside and self.name not in roles):
+            raise CloudError(f"IAM instance profile {self.name} holds role(s) "
+                             f"{', '.join(roles) or 'none'}, not {self.name}",
+                             "remove the other role from it, or delete the profile and "
+                             "re-run the command")
+
+    def _refuse_unless_ours(self, what: str, tag_list: list) -> None:
+        tags = {t["Key"]: t["Value"] for t in tag_list}
         if tags.get(TAG_CLUSTER) != self.cluster or tags.get(TAG_REGION) != self.region:
-            raise CloudError(f"IAM role {self.name} exists but is not cluster {self.cluster}'s "
+            raise CloudError(f"{what} {self.name} exists but is not cluster {self.cluster}'s "
                              f"in {self.region} (tags {tags})",
                              "it was made by someone else: delete or rename it, or choose "
                              "another cluster name")
@@ -218,7 +294,7 @@ class NodeRole:
 
     def delete(self) -> list[str]:
         """Profile (after detaching the role), inline policies, role. Missing parts are fine;
-        a role that is not this cluster's is left alone."""
+        a role or profile that is not this cluster's is left alone (CloudError says so)."""
         removed = []
         try:
             self._check_ours(self.iam.get_role(RoleName=self.name)["Role"])
@@ -228,6 +304,7 @@ class NodeRole:
         try:
             profile = self.iam.get_instance_profile(
                 InstanceProfileName=self.name)["InstanceProfile"]
+            self._refuse_unless_ours("IAM instance profile", profile.get("Tags") or [])
             for role in profile.get("Roles", []):
                 self.iam.remove_role_from_instance_profile(InstanceProfileName=self.name,
                                                            RoleName=role["RoleName"])

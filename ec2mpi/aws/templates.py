@@ -1,5 +1,6 @@
 """What every node of a cluster starts from: instance types, the image, the launch template
-(IMDSv2, instance profile, user-data stub, tags) and the optional placement group."""
+(IMDSv2, instance profile, user-data stub, encrypted root volume, tags) and the optional
+placement group."""
 from __future__ import annotations
 
 import base64
@@ -8,13 +9,53 @@ import logging
 from botocore.parsers import ResponseParserError
 
 from ..config import TAG_CLUSTER, ResourceNames, cluster_tags
-from ..errors import UserError, explain_client_error
+from ..errors import CloudError, UserError, explain_client_error
 from .session import AwsSession, BotoCoreError, ClientError, error_code
 
 log = logging.getLogger(__name__)
 
 
 PLACEMENT_UNSUPPORTED = "placement group not supported by this endpoint; launching without"
+# What a launch from the template creates: each carries the cluster tag, because the master's
+# role may launch only resources tagged with its cluster (aws:RequestTag on each type).
+TAGGED_AT_LAUNCH = ("instance", "volume", "network-interface")
+_IOPS_TYPES, _THROUGHPUT_TYPES = ("gp3", "io1", "io2"), ("gp3",)
+
+
+def encrypted_root(image: dict) -> list[dict]:
+    """The BlockDeviceMappings entry that encrypts the image's root EBS volume explicitly
+    (the account's EBS-encryption default may be off): its size and type as the image maps
+    them, deleted with the instance. [] for an instance-store root (nothing to encrypt)."""
+    root = image.get("RootDeviceName")
+    if not root or image.get("RootDeviceType", "ebs") != "ebs":
+        return []
+    ebs = next((m.get("Ebs") or {} for m in image.get("BlockDeviceMappings") or []
+                if m.get("DeviceName") == root), {})
+    vtype = ebs.get("VolumeType")
+    keep = {"VolumeSize": ebs.get("VolumeSize"), "VolumeType": vtype,
+            "Iops": ebs.get("Iops") if vtype in _IOPS_TYPES else None,
+            "Throughput": ebs.get("Throughput") if vtype in _THROUGHPUT_TYPES else None}
+    return [{"DeviceName": root, "Ebs": {**{k: v for k, v in keep.items() if v},
+                                         "Encrypted": True, "DeleteOnTermination": True}}]
+
+
+def launch_template_data(cluster: str, image_id: str, profile_arn: str, sg: str, user_data: str,
+                         block_devices: list[dict]) -> dict:
+    """The LaunchTemplateData of a node's template (pure: unit tests check it against the
+    master's policy)."""
+    tags = cluster_tags(cluster)
+    data = {
+        "ImageId": image_id,
+        "IamInstanceProfile": {"Arn": profile_arn},
+        "SecurityGroupIds": [sg],
+        "UserData": base64.b64encode(user_data.encode()).decode(),
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                            "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
+        "TagSpecifications": [{"ResourceType": kind, "Tags": tags} for kind in TAGGED_AT_LAUNCH],
+    }
+    if block_devices:
+        data["BlockDeviceMappings"] = block_devices
+    return data
 
 
 class Templates:
@@ -53,6 +94,20 @@ class Templates:
         except ClientError as err:
             raise explain_client_error("ssm:GetParameter", err) from err
 
+    def describe_image(self, image_id: str) -> dict:
+        try:
+            images = self.ec2.describe_images(ImageIds=[image_id])["Images"]
+        except ClientError as err:
+            if not error_code(err).startswith("InvalidAMIID"):
+                raise explain_client_error("ec2:DescribeImages", err) from err
+            images = []
+        if not images:
+            raise CloudError(f"image {image_id} does not exist in region {self.session.region}",
+                             f"destroy the half-made cluster (ec2mpi destroy {self.cluster}), "
+                             "then create it with an AMI id of that region, or without "
+                             "--image-id for the default Amazon Linux image")
+        return images[0]
+
     def find_launch_template(self, kind: str = "worker") -> str | None:
         try:
             lts = self.ec2.describe_launch_templates(
@@ -68,22 +123,15 @@ class Templates:
     def ensure_launch_template(self, kind: str, image_id: str, profile_arn: str, sg: str,
                                user_data: str) -> str:
         """One template per kind of node (its own role): IMDSv2 required with a hop limit of
-        1 (no container on the node reaches it), metadata tags on, the user-data stub, and
-        instance and volume tags."""
+        1 (no container on the node reaches it), metadata tags on, the user-data stub, the
+        image's root volume encrypted explicitly, and the cluster tag on the instance, its
+        volumes and its network interface (the master's role launches only tagged ones)."""
         lt = self.find_launch_template(kind)
         if lt:
             return lt
+        data = launch_template_data(self.cluster, image_id, profile_arn, sg, user_data,
+                                    encrypted_root(self.describe_image(image_id)))
         tags = cluster_tags(self.cluster)
-        data = {
-            "ImageId": image_id,
-            "IamInstanceProfile": {"Arn": profile_arn},
-            "SecurityGroupIds": [sg],
-            "UserData": base64.b64encode(user_data.encode()).decode(),
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
-                                "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
-                                  {"ResourceType": "volume", "Tags": tags}],
-        }
         try:
             return self.ec2.create_launch_template(
                 LaunchTemplateName=self.names.launch_template(kind), LaunchTemplateData=data,

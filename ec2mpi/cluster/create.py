@@ -212,8 +212,10 @@ class Creation:
             self.network.authorize(self.sg, [{
                 "IpProtocol": "tcp", "FromPort": NFS_PORT, "ToPort": NFS_PORT,
                 "UserIdGroupPairs": [{"GroupId": self.sg, "Description": "NFS from the cluster"}]}])
-            self.storage_id = Efs(self.ops.aws, self.spec.name).ensure(
-                [s["SubnetId"] for s in self.subnets], self.sg)
+            efs = Efs(self.ops.aws, self.spec.name)
+            self.storage_id = efs.ensure([s["SubnetId"] for s in self.subnets], self.sg)
+            # only this cluster's node roles may mount it (over TLS, with IAM)
+            efs.apply_policy([arn for _, arn, _ in self.roles.values()], self.storage_id)
         return f"shared storage ({self.spec.storage})"
 
     def wheel(self) -> None:

@@ -62,11 +62,11 @@ def require_root() -> None:
             "node)",
             "run with sudo, or use a real AWS account without --local",
         )
-    for tool in ("ip", "unshare", "nsenter", "ssh-keygen"):
+    for tool in ("ip", "unshare", "nsenter", "ssh-keygen", "iptables"):
         if shutil.which(tool) is None:
             raise UserError(
                 f"the local cloud needs '{tool}'",
-                "apt-get install iproute2 util-linux openssh-client",
+                "apt-get install iproute2 util-linux openssh-client iptables",
             )
     if not os.path.exists("/usr/sbin/sshd"):
         raise UserError(
@@ -192,9 +192,14 @@ def down(timeout: float = 60.0) -> bool:
 
 
 def session(info: LocalCloudInfo):
+    """A session with the local cloud's client key (root-only file): the control plane
+    accepts no other credentials, as AWS would not."""
     from ..aws.session import AwsSession
+    from .credentials import CredentialStore
+    key = CredentialStore(Path(info.state_dir) / "controlplane").client()
     return AwsSession(region=info.region, endpoint_url=info.endpoint, ca_bundle=info.ca_path,
-                      credentials={"aws_access_key_id": "local", "aws_secret_access_key": "local"})
+                      credentials={"aws_access_key_id": key.access_key_id,
+                                   "aws_secret_access_key": key.secret})
 
 
 def _request_fault(kind: str, instance_id: str, timeout: float = 10.0, **args) -> None:
@@ -241,6 +246,10 @@ def cleanup(state: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError, KeyError):
         pass
+    from .credentials import CredentialStore
+    from .firewall import open_again
+    open_again()
+    CredentialStore(state / "controlplane").forget_nodes()
     nodes.delete_bridge()
     for name in ("nodes", "efs", "faults"):
         shutil.rmtree(state / name, ignore_errors=True)

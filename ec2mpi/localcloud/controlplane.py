@@ -196,17 +196,18 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def start(
-    state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0
-) -> ControlPlane:
+def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0,
+          enforce: bool = False) -> ControlPlane:
+    """With `enforce`, only credentials of the store in state_dir are accepted, and node
+    role credentials are authorized by their role's policies (enforce.py)."""
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     info_path = state / "controlplane.json"
     info_path.unlink(missing_ok=True)
     log = open(state / "controlplane.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.localcloud.controlplane", "--host", host,
-                             "--state-dir", str(state)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--state-dir", str(state)] + (["--enforce"] if enforce else []),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -268,7 +269,7 @@ def _servers():
     return PlainServer, TlsServer
 
 
-def serve(host: str, state_dir: Path) -> None:
+def serve(host: str, state_dir: Path, enforce: bool = False) -> None:
     import logging
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -286,8 +287,16 @@ def serve(host: str, state_dir: Path) -> None:
     create_app = fidelity.backend_app_factory(create_backend_app)
     dispatcher = DomainDispatcherApplication(create_app)  # ONE app: same backends
     PlainServer, TlsServer = _servers()
-    https = TlsServer(host, fidelity.RequestContextMiddleware(dispatcher, secure=True), ctx)
-    http = PlainServer(host, fidelity.RequestContextMiddleware(dispatcher, secure=False))
+    def app(secure: bool):
+        inner = fidelity.RequestContextMiddleware(dispatcher, secure=secure)
+        if not enforce:
+            return inner
+        from ec2mpi.localcloud.credentials import CredentialStore
+        from ec2mpi.localcloud.enforce import Enforcer
+        return Enforcer(inner, CredentialStore(state_dir))
+
+    https = TlsServer(host, app(True), ctx)
+    http = PlainServer(host, app(False))
     threads = [threading.Thread(target=srv.serve_forever, args=(0.1,), name=name, daemon=True)
                for srv, name in ((https, "https"), (http, "http"))]
     for t in threads:
@@ -336,8 +345,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--state-dir", required=True, type=Path)
+    ap.add_argument("--enforce", action="store_true", help="accept only the store's keys; "
+                    "authorize node roles by their policies")
     args = ap.parse_args(argv)
-    serve(args.host, args.state_dir)
+    serve(args.host, args.state_dir, args.enforce)
 
 
 if __name__ == "__main__":

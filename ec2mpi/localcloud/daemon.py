@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import nodes
+from . import firewall, nodes
 from .control import REGION, LocalCloudInfo, session
+from .credentials import CredentialStore
 from .image import image_dir
 from .names import NameServer
 
@@ -33,7 +34,7 @@ MOUNT_HOOK = """#!/usr/bin/python3
 # ec2mpi local cloud: shared storage for a node, run by the agent as HOOK KIND ID PATH.
 # EFS is emulated by one host directory per file system (this kernel has no NFS);
 # s3fs is real s3fs-fuse against the control plane's S3, over TLS.
-import json, os, pwd, subprocess, sys
+import json, os, pwd, subprocess, sys, urllib.request
 kind, storage_id, path = sys.argv[1:4]
 cfg = json.load(open("/etc/ec2mpi/agent.json"))
 user = pwd.getpwnam(cfg.get("user", "ec2mpi"))
@@ -44,11 +45,24 @@ if kind == "efs":
     os.chown(src, user.pw_uid, user.pw_gid)
     subprocess.run(["mount", "--bind", src, path], check=True)
 elif kind == "s3fs":
+    # The node's own role credentials, from the metadata service like s3fs's iam_role
+    # option would (which only knows the link-local address), handed over in s3fs's env.
+    imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"].rstrip("/") + "/latest/"
+    def get(path, token=None, method="GET"):
+        headers = {{"X-aws-ec2-metadata-token": token}} if token else {{
+            "X-aws-ec2-metadata-token-ttl-seconds": "300"}}
+        req = urllib.request.Request(imds + path, method=method, headers=headers)
+        return urllib.request.urlopen(req, timeout=5).read().decode()
+    token = get("api/token", method="PUT")
+    role = get("meta-data/iam/security-credentials/", token).split()[0]
+    creds = json.loads(get("meta-data/iam/security-credentials/" + role, token))
+    env = dict(os.environ, AWSACCESSKEYID=creds["AccessKeyId"],
+               AWSSECRETACCESSKEY=creds["SecretAccessKey"], AWSSESSIONTOKEN=creds["Token"])
     remote = "%s:/clusters/%s/shared" % (cfg["bucket"], cfg["cluster"])
     subprocess.run(["s3fs", remote, path, "-o", ",".join([
-        "url=" + {endpoint!r}, "use_path_request_style", "passwd_file=" + {passwd!r},
+        "url=" + {endpoint!r}, "use_path_request_style", "endpoint=" + cfg["region"],
         "allow_other", "nonempty", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
-        "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True)
+        "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True, env=env)
 else:
     sys.exit("unknown storage kind " + kind)
 """
@@ -64,7 +78,6 @@ class Daemon:
         self.running: dict[str, nodes.Node] = {}  # instance id -> node
         self.failed: set[str] = set()
         self.due_terminations: dict[str, float] = {}
-        self.roles: dict[str, str] = {}
         self.releasing: set[str] = set()          # addresses of nodes being torn down
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node")
@@ -77,8 +90,12 @@ class Daemon:
         except RuntimeError as err:
             log.error("%s", err)
             sys.exit(2)
-        self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY)
+        self.credentials = CredentialStore(self.state / "controlplane")
+        self.credentials.client()      # before the control plane, which accepts only these
+        self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY,
+                                     enforce=True)
         self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
+        firewall.close(nodes.GATEWAY, [self.cp.endpoint, self.cp.http_endpoint, self.imds.url])
         self.names = NameServer(nodes.RESOLVER, 53, self.views.__contains__, REGION).start()
         info = LocalCloudInfo(endpoint=self.cp.endpoint, ca_path=self.cp.ca_path, region=REGION,
                               ssh_cidr=nodes.SUBNET, state_dir=str(self.state), pid=os.getpid(),
@@ -121,12 +138,8 @@ class Daemon:
         self.shutdown()
 
     def _write_hook(self, info: LocalCloudInfo) -> None:
-        passwd = self.state / "s3fs-passwd"
-        passwd.write_text("local:local\n")   # dummy credentials: the local control plane only
-        passwd.chmod(0o600)
         hook = self.state / "mount-hook"
-        hook.write_text(MOUNT_HOOK.format(efs_root=str(self.state / "efs"), endpoint=info.endpoint,
-                                          passwd=str(passwd)))
+        hook.write_text(MOUNT_HOOK.format(efs_root=str(self.state / "efs"), endpoint=info.endpoint))
         hook.chmod(0o755)
 
     # -- the node runner --------------------------------------------------------
@@ -170,6 +183,8 @@ class Daemon:
         user_data = base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
         node = nodes.Node(self.nodes_root, iid, ip, prefix=image_dir(self.state),
                           resolver=nodes.RESOLVER, region=REGION)
+        role, role_id = self.role_of(inst)
+        key = self.credentials.issue(iid, role, role_id) if role else None
         self.views[ip] = InstanceView(
             instance_id=iid,
             private_ip=ip,
@@ -178,7 +193,8 @@ class Daemon:
             availability_zone=inst.get("Placement", {}).get("AvailabilityZone", REGION + "a"),
             region=REGION,
             hostname=node.hostname,
-            role=self.role_of(inst),
+            role=role,
+            credentials=(key.access_key_id, key.secret, key.token) if key else (),
             image_id=inst.get("ImageId", ""),
             tags={t["Key"]: t["Value"] for t in inst.get("Tags", [])},
             user_data=user_data,
@@ -197,22 +213,25 @@ class Daemon:
             log.exception("node %s failed to start", node.instance_id)
             self.failed.add(node.instance_id)
 
-    def role_of(self, inst: dict) -> str:
+    def role_of(self, inst: dict) -> tuple[str, str]:
+        """(role name, role id) of the instance's profile; ("", "") without one. Asked
+        every time: a profile's role can change between launches (a resumed create)."""
         arn = inst.get("IamInstanceProfile", {}).get("Arn", "")
         if not arn:
-            return ""
-        profile = arn.rsplit("/", 1)[-1]
-        if profile not in self.roles:
-            try:
-                roles = self.aws.client("iam").get_instance_profile(InstanceProfileName=profile)
-                self.roles[profile] = roles["InstanceProfile"]["Roles"][0]["RoleName"]
-            except Exception:  # noqa: BLE001
-                self.roles[profile] = profile
-        return self.roles[profile]
+            return "", ""
+        try:
+            profile = self.aws.client("iam").get_instance_profile(
+                InstanceProfileName=arn.rsplit("/", 1)[-1])["InstanceProfile"]
+            role = profile["Roles"][0]
+            return role["RoleName"], role["RoleId"]
+        except Exception:  # noqa: BLE001 - no role behind the profile: no credentials
+            log.warning("instance %s: profile %s has no role", inst["InstanceId"], arn)
+            return "", ""
 
     def stop_node(self, iid: str, graceful: bool) -> None:
         node = self.running.pop(iid)
         self.imds.clear(iid)
+        self.credentials.revoke(iid)     # a terminated instance's credentials stop working
         self.views.pop(node.ip, None)
         self.releasing.add(node.ip)
         log.info("stopping node %s (%s)", iid, "shutdown" if graceful else "killed")
@@ -275,6 +294,7 @@ class Daemon:
         self.imds.stop()
         self.names.stop()
         self.cp.stop()
+        firewall.open_again()
         nodes.delete_bridge()
         (self.state / "daemon.json").unlink(missing_ok=True)
         log.info("local cloud down")

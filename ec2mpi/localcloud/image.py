@@ -13,6 +13,7 @@ later builds install from it without touching the network (about 7 s).
 """
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
 import pwd
@@ -134,5 +135,10 @@ def ensure_cluster_user(user: str = CLUSTER_USER) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "-M", "-d", f"/home/{user}", "-s", "/bin/bash", "-p", "*", user],
-                       check=True)
+        try:     # a group of that name left behind (userdel keeps a shared group): join it
+            grp.getgrnam(user)
+            group = ["-g", user]
+        except KeyError:
+            group = []
+        subprocess.run(["useradd", "-M", "-d", f"/home/{user}", "-s", "/bin/bash", "-p", "*",
+                        *group, user], check=True)

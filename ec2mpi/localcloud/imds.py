@@ -36,6 +36,7 @@ class InstanceView:
     account_id: str = "123456789012"
     tags: dict = field(default_factory=dict)
     user_data: bytes = b""
+    credentials: tuple = ()              # (access key id, secret, token) of the role, if any
 
     @property
     def local_hostname(self) -> str:
@@ -130,7 +131,7 @@ class ImdsServer:
                     self._rebalance[view.instance_id]
                 )
         if view.role:
-            meta["iam/security-credentials/" + view.role] = json.dumps(_credentials())
+            meta["iam/security-credentials/" + view.role] = json.dumps(_credentials(view))
             meta["iam/info"] = json.dumps(
                 {
                     "Code": "Success",
@@ -170,16 +171,20 @@ class ImdsServer:
         return 200, "text/plain", "\n".join(children).encode()
 
 
-def _credentials() -> dict:
-    """Dummy temporary credentials in the real shape (the local control plane accepts any)."""
+def _credentials(view: InstanceView) -> dict:
+    """The instance's role credentials in the real shape: the daemon issues them per
+    instance (credentials.py), and the enforcing control plane accepts only those. An
+    emulator without issued credentials (its own unit tests) serves dummy ones."""
     now = _now()
+    akid, secret, token = view.credentials or ("ASIALOCALCLOUD00000", "local-cloud-dummy-secret",
+                                               "local-cloud-dummy-session-token")
     return {
         "Code": "Success",
         "LastUpdated": _iso(now),
         "Type": "AWS-HMAC",
-        "AccessKeyId": "ASIALOCALCLOUD00000",
-        "SecretAccessKey": "local-cloud-dummy-secret",
-        "Token": "local-cloud-dummy-session-token",
+        "AccessKeyId": akid,
+        "SecretAccessKey": secret,
+        "Token": token,
         "Expiration": _iso(now + dt.timedelta(hours=6)),
     }
 

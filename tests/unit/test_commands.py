@@ -261,18 +261,22 @@ def test_binary_bad_input_and_help():
     assert proc.returncode == 0 and "add-nodes" in proc.stdout
 
 
-def test_one_session_factory_for_aws_and_the_local_cloud():
+def test_one_session_factory_for_aws_and_the_local_cloud(tmp_path):
     from ec2mpi.aws.session import AwsSession
+    from ec2mpi.localcloud.credentials import CredentialStore
     from ec2mpi.sessions import open_session
     aws, info = open_session(False, region="eu-west-1")
     assert isinstance(aws, AwsSession) and info is None and aws.region == "eu-west-1"
-    given = type(
-        "Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None, "region": "us-east-1"}
-    )
+    given = type("Info", (), {"endpoint": "https://172.31.0.1:1", "ca_path": None,
+                              "region": "us-east-1", "state_dir": str(tmp_path)})
     aws, info = open_session(True, local_info=given)  # an already running local cloud is reused
     assert (
         info is given and aws.endpoint_url == "https://172.31.0.1:1" and aws.region == "us-east-1"
     )
+    # signed with the local cloud's client key (a root-only file), never a well-known dummy
+    key = CredentialStore(tmp_path / "controlplane").client()
+    assert aws._session.get_credentials().access_key == key.access_key_id
+    assert (tmp_path / "controlplane" / "credentials.json").stat().st_mode & 0o777 == 0o600
 
 
 def _failing_command(capture):

@@ -14,7 +14,6 @@ import pytest
 
 from ec2mpi.agent import hostfile
 from ec2mpi.agent.boot import (
-    EFS_OPTIONS,
     AgentParams,
     efs_mount_command,
     mount_command,
@@ -133,18 +132,11 @@ def test_hostfile_atomic_write(tmp_path):
 
 
 def test_mount_command_lines():
-    assert efs_mount_command("fs-1", "eu-west-1", "/shared") == [
-        "mount",
-        "-t",
-        "nfs4",
-        "-o",
-        "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
-        "fs-1.efs.eu-west-1.amazonaws.com:/",
-        "/shared",
-    ]
-    assert EFS_OPTIONS in efs_mount_command("fs-1", "eu-west-1", "/shared")
-    assert efs_mount_command("fs-1", "eu-west-1", "/shared", efs_utils=True) == [
-        "mount", "-t", "efs", "-o", "tls", "fs-1:/", "/shared"]
+    # EFS admits only the cluster's roles (its file-system policy): TLS + IAM, or no mount
+    assert efs_mount_command("fs-1", "/shared", efs_utils=True) == [
+        "mount", "-t", "efs", "-o", "tls,iam", "fs-1:/", "/shared"]
+    with pytest.raises(RuntimeError, match="amazon-efs-utils"):
+        efs_mount_command("fs-1", "/shared")
     cmd = s3fs_mount_command("bkt", "demo", "eu-west-1", "/shared", 1001, 1001)
     assert cmd[:3] == ["s3fs", "bkt:/clusters/demo/shared", "/shared"] and cmd[3] == "-o"
     assert "iam_role=auto" in cmd[4].split(",") and "uid=1001" in cmd[4].split(",")
