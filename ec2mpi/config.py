@@ -31,6 +31,7 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _IMAGE_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_POLICY_ARN_RE = re.compile(r"^arn:aws(-[a-z]+)*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 
 
@@ -112,6 +113,7 @@ class ClusterSpec:
     user: str = CLUSTER_USER
     master_spot: bool = False         # the master runs healing and jobs: on-demand by default
     keep_size: bool | None = None     # replace lost nodes; None = on for spot clusters
+    job_policy_arns: tuple[str, ...] = ()  # what jobs may do in AWS (a job role); () = nothing
 
     def __post_init__(self):
         validate_name(self.name)
@@ -133,6 +135,7 @@ class ClusterSpec:
         if any(not _SUBNET_RE.match(s) for s in self.subnet_ids):
             raise UserError(f"malformed subnet id in {', '.join(self.subnet_ids)}",
                             "use ids such as subnet-0123456789abcdef0")
+        object.__setattr__(self, "job_policy_arns", parse_policy_arns(self.job_policy_arns))
         if self.image_id and not _IMAGE_RE.match(self.image_id):
             raise UserError(f"malformed image id {self.image_id!r}",
                             "use an AMI id such as ami-0123456789abcdef0")
@@ -164,6 +167,21 @@ class ClusterSpec:
 
     def replace(self, **changes) -> ClusterSpec:
         return dataclasses.replace(self, **changes)
+
+
+def parse_policy_arns(value) -> tuple[str, ...]:
+    """IAM managed policy ARNs, comma-separated or a list (job roles attach them)."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    arns = tuple(dict.fromkeys(a.strip() for a in items if a.strip()))
+    bad = [a for a in arns if not _POLICY_ARN_RE.match(a)]
+    if bad:
+        raise UserError(f"not an IAM policy ARN: {', '.join(bad)}",
+                        "use e.g. arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess or "
+                        "arn:aws:iam::123456789012:policy/my-job-policy")
+    if len(arns) > 10:
+        raise UserError(f"{len(arns)} job policies; IAM attaches at most 10 to a role",
+                        "combine them into one customer-managed policy")
+    return arns
 
 
 @dataclass(frozen=True)

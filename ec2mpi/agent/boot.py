@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +36,7 @@ from ..keys import known_hosts_line
 from .asuser import Account, account
 from .hostfile import MPICH_NAME, OPENMPI_NAME
 from .imds import Imds
+from .jobcreds import env_lines
 from .params import AgentParams, AgentPaths, identity, session_for
 from .safefiles import (
     claim_dir,
@@ -85,7 +87,11 @@ def mount_command(params: AgentParams, path: str, uid: int, gid: int, hook: str 
     raise ValueError(f"unknown storage kind {params.storage!r}")
 
 
-def mpi_env_block(prefix: str, etc: Path, local: bool) -> str:
+LOCAL_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_CA_BUNDLE")
+
+
+def mpi_env_block(prefix: str, etc: Path, local: bool, run: Path | None = None,
+                  region: str = "") -> str:
     """The cluster user's MPI environment: venv on PATH, OPAL_PREFIX (so singletons and
     ompi_info read the image's parameter file too), default hostfiles; --bind-to none locally,
     where every node shares the host's cores."""
@@ -98,8 +104,15 @@ def mpi_env_block(prefix: str, etc: Path, local: bool) -> str:
         f"export OMPI_MCA_orte_default_hostfile={etc / OPENMPI_NAME}",
         f"export HYDRA_HOST_FILE={etc / MPICH_NAME}",
     ]
+    if region:
+        lines += [f"export AWS_DEFAULT_REGION={region}"]
+    if run is not None:     # the job role's credentials, where the agent serves them
+        lines += env_lines(run)
     if local:
         lines += ["export PRTE_MCA_hwloc_default_binding_policy=none"]
+        # jobs reach the local cloud's AWS endpoint as the agent does
+        lines += [f"export {k}={shlex.quote(os.environ[k])}" for k in LOCAL_AWS_ENV
+                  if os.environ.get(k)]
     return "\n".join(lines + [ENV_END]) + "\n"
 
 
@@ -238,7 +251,7 @@ def mount_shared(params: AgentParams, paths: AgentPaths, hook: str | None) -> No
         prepare_mount_point(target)
     else:
         target.mkdir(parents=True, exist_ok=True)
-    if os.path.ismount(target):
+    if is_mount_point(target):
         log.info("shared storage already mounted at %s", target)
     else:
         _run(
@@ -247,7 +260,7 @@ def mount_shared(params: AgentParams, paths: AgentPaths, hook: str | None) -> No
                 efs_utils=bool(shutil.which("mount.efs"))
             )
         )
-    _check_mounted(target, params.storage)
+    _check_mounted(target, params.storage, sandbox=Path(paths.root) != Path("/"))
     if os.geteuid() == 0:
         try:
             claim_dir(target, acct.uid, acct.gid)
@@ -256,13 +269,25 @@ def mount_shared(params: AgentParams, paths: AgentPaths, hook: str | None) -> No
     _log_notes(ensure_dir(target / ".ec2mpi"))
 
 
-def _check_mounted(target: Path, storage: str, wait: float = 5.0) -> None:
+def is_mount_point(path: Path) -> bool:
+    """From the kernel's mount table: os.path.ismount misses a bind mount of a directory of
+    the same file system (the local cloud's EFS)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = {line.split()[4].replace("\\040", " ") for line in fh if line.strip()}
+    except OSError:
+        return os.path.ismount(real)
+    return real in points
+
+
+def _check_mounted(target: Path, storage: str, sandbox: bool = False, wait: float = 5.0) -> None:
     """A mount helper can exit 0 and its FUSE daemon die right after (s3fs refused by S3):
-    the node is not ready until the mount answers."""
+    the node is not ready until the mount answers (in a test sandbox: until it lists)."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            if os.path.ismount(target):
+            if sandbox or is_mount_point(target):
                 os.listdir(target)
                 return
             problem = "nothing is mounted there"
@@ -277,7 +302,7 @@ def _check_mounted(target: Path, storage: str, wait: float = 5.0) -> None:
 def install_mpi_env(params: AgentParams, paths: AgentPaths, local: bool) -> None:
     """The managed block on top of ~/.bashrc and ~/.profile, merged by the user (see
     _merge_env_files for what happens to a symlink there)."""
-    block = mpi_env_block(params.prefix, paths.etc, local)
+    block = mpi_env_block(params.prefix, paths.etc, local, paths.run, params.region)
     _log_notes(run_in_dir_as(_account(params.user), paths.home(params.user),
                              "adding the MPI environment to ~/.bashrc and ~/.profile",
                              _merge_env_files, block))

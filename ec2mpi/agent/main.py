@@ -96,10 +96,29 @@ def _watch(args, params, paths, aws=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     paths.run.mkdir(parents=True, exist_ok=True)
+    jobs_aws = _serve_job_role(aws, registry, params, paths, node.instance_id)
     logging.getLogger("ec2mpi.agent").info("watch %s as %s, poll %.1fs", node.instance_id,
                                            node.role, settings.poll)
-    watcher.run(stop)
+    try:
+        watcher.run(stop)
+    finally:
+        if jobs_aws is not None:
+            jobs_aws.stop()
     return 0
+
+
+def _serve_job_role(aws, registry, params, paths, instance_id: str):
+    """The job role's credentials for the cluster user, if the cluster has one (else jobs
+    get no AWS credentials at all)."""
+    import pwd
+
+    from .jobcreds import JobCredentials
+    (paths.run / "job-token").unlink(missing_ok=True)
+    role = (registry.get_cluster(params.cluster) or {}).get("job_role")
+    if not role:
+        return None
+    gid = pwd.getpwnam(params.user).pw_gid
+    return JobCredentials(aws, role, instance_id, paths.run, gid).start()
 
 
 class JobManagerKeeper:

@@ -15,6 +15,8 @@ Why each statement exists (Sid: reason). Worker and master:
 - ReadClusterAndEpoch: the cluster item (spec, role ids) and the membership counter.
 - OwnNodeItem: a node writes only the item whose key ends with its own aws:userid.
 - BumpTheEpochOnly: UpdateItem on the epoch item touching only the `epoch` attribute.
+- AssumeTheJobRole (with create --job-policy-arn): the agent (root) assumes the job role
+  and serves its credentials to the cluster user's jobs (agent/jobcreds.py).
 - ListOwnSharedPrefix, WriteOwnSharedPrefix (s3fs only): s3fs lists and writes
   clusters/NAME/shared/, and nothing else of the bucket.
 - S3fsBucketCheck (s3fs only): s3fs before 1.92 (Debian 12, Ubuntu 22.04) checks the
@@ -79,6 +81,7 @@ class PolicyScope:
     partition: str = "aws"
     launch_template_id: str = "*"     # the worker launch template (the master launches from it)
     worker_role_arn: str = ""         # what the master may pass to the instances it launches
+    job_role_arn: str = ""            # the job role the agent assumes for jobs (or none)
 
     def arn(self, service: str, resource: str, region: bool = True, account: bool = True) -> str:
         return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
@@ -112,6 +115,10 @@ def worker_policy(scope: PolicyScope) -> dict:
              "dynamodb:LeadingKeys": [f"{c}#epoch"],
              "dynamodb:Attributes": ["pk", "sk", "epoch"]}}},
     ]
+    if scope.job_role_arn:
+        statements.append(
+            {"Sid": "AssumeTheJobRole", "Effect": "Allow", "Action": ["sts:AssumeRole"],
+             "Resource": [scope.job_role_arn]})
     if scope.storage == "s3fs":
         shared = f"{prefix}shared/"
         statements += [

@@ -12,6 +12,7 @@ from .. import __version__, selfwheel
 from ..aws.checkip import checkip_url, public_ipv4
 from ..aws.iam import NodeRole, PolicyScope, master_policy, worker_policy
 from ..aws.instances import Instances, LaunchRequest
+from ..aws.jobrole import JobRole, job_role_arn
 from ..aws.network import Network
 from ..aws.storage import NFS_PORT, Efs
 from ..aws.templates import PLACEMENT_UNSUPPORTED, Templates
@@ -190,21 +191,27 @@ class Creation:
                                                    self.spec.ssh_cidr)
 
     def scope(self, **more) -> PolicyScope:
+        """What the node policies name; the job role's ARN is known before the role exists."""
         aws = self.ops.aws
+        job = job_role_arn(aws.account_id(), self.spec.name, self.region) \
+            if self.spec.job_policy_arns else ""
         return PolicyScope(self.spec.name, self.ops.keystore.bucket, self.region,
-                           aws.account_id(), self.spec.storage, **more)
+                           aws.account_id(), self.spec.storage, job_role_arn=job, **more)
 
     def instance_roles(self) -> None:
         """A worker role, and the master's (which may pass the worker role to the nodes it
         launches when it heals); their ids make up the node item keys."""
-        aws = self.ops.aws
-        self.roles["worker"] = NodeRole(aws, self.spec.name, "worker").ensure(
-            worker_policy(self.scope()))
-        self.roles["master"] = NodeRole(aws, self.spec.name, "master").ensure(
+        aws, name = self.ops.aws, self.spec.name
+        job = self.scope().job_role_arn
+        self.roles["worker"] = NodeRole(aws, name, "worker").ensure(worker_policy(self.scope()))
+        self.roles["master"] = NodeRole(aws, name, "master").ensure(
             master_policy(self.scope(worker_role_arn=self.roles["worker"][1])))
+        if job:     # trusted by the node roles, which must exist first
+            JobRole(aws, name).ensure_job([arn for _, arn, _ in self.roles.values()],
+                                          self.spec.job_policy_arns)
         for kind in ("worker", "master"):
-            NodeRole(aws, self.spec.name, kind).wait_usable()
-        self.ops.registry.update_cluster(self.spec.name, roles={
+            NodeRole(aws, name, kind).wait_usable()
+        self.ops.registry.update_cluster(name, job_role=job, roles={
             kind: role_id for kind, (_, _, role_id) in self.roles.items()})
 
     def shared_storage(self) -> str:

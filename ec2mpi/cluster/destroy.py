@@ -5,6 +5,7 @@ import time
 
 from ..aws.iam import KINDS, NodeRole
 from ..aws.instances import Instances
+from ..aws.jobrole import JobRole
 from ..aws.network import Network
 from ..aws.storage import Efs
 from ..aws.tagging import tagged_resources
@@ -63,13 +64,18 @@ def destroy(ops, name: str) -> DestroyReport:
          + templates.delete_placement_group() + insts.delete_volumes()),
         ("efs", lambda: Efs(ops.aws, name).delete()),
         ("security group", network.delete_security_group),
-        ("iam", lambda: [r for kind in KINDS for r in NodeRole(ops.aws, name, kind).delete()]),
+        ("iam", lambda: [r for role in _roles(ops, name) for r in role.delete()]),
         ("s3 objects", lambda: ops.keystore.delete_prefix(name)),
         ("registry items", registry_items),
     ]
     run_steps([(kind, _recorded(report, kind, step)) for kind, step in steps], ops.say)
     report.leftovers = leftovers(ops, name)
     return report
+
+
+def _roles(ops, name: str) -> list:
+    """Every IAM role a cluster may have: the node roles and the job role."""
+    return [NodeRole(ops.aws, name, kind) for kind in KINDS] + [JobRole(ops.aws, name)]
 
 
 def master_alive(ops, name: str, within: float = 90.0) -> bool:
@@ -110,7 +116,7 @@ def leftovers(ops, name: str) -> list:
     for kind in KINDS:
         if templates.find_launch_template(kind):
             left.append(f"launch-template/{insts.names.launch_template(kind)}")
-        role = NodeRole(ops.aws, name, kind)
+    for role in _roles(ops, name):
         left += [f"iam {what}/{role.name}" for what, there in role.exists().items() if there]
     fs = Efs(ops.aws, name).find()
     if fs:

@@ -23,7 +23,8 @@ def spec_from_args(
              "storage": args.storage, "ssh_cidr": args.ssh_cidr, "image_id": args.image,
              "placement_group": args.placement_group, "region": getattr(args, "region", None),
              "keep_size": getattr(args, "keep_size", None),
-             "master_spot": getattr(args, "master_spot", None)}
+             "master_spot": getattr(args, "master_spot", None),
+             "job_policy_arns": getattr(args, "job_policy_arn", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     data["name"] = args.name
     if local_info is not None:

@@ -11,7 +11,13 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import STORAGE_KINDS, parse_cidr, parse_count, parse_instance_types
+from ..config import (
+    STORAGE_KINDS,
+    parse_cidr,
+    parse_count,
+    parse_instance_types,
+    parse_policy_arns,
+)
 from . import access, files, help, jobs, lifecycle, local, nodes
 from .context import Context, Result
 
@@ -101,6 +107,10 @@ _CREATE_ARGS = (
         dest="keep_size", group="keep"),
     Arg(("--master-spot",), "the master on spot too (it runs healing and jobs: on-demand by "
         "default)", action="store_const", const=True, dest="master_spot"),
+    Arg(("--job-policy-arn",), "IAM policy (ARN) for what jobs may do in AWS, e.g. read input "
+        "from S3; comma-separated for several. Jobs get these rights through a job role, "
+        "and none at all without this option", metavar="ARN", dest="job_policy_arn",
+        type=parse_policy_arns),
     Arg(("--placement-group",), "launch into a cluster placement group (low latency)",
         action="store_const", const=True),
     Arg(("--template",), "TOML cluster template (flags override it), e.g. examples/cluster.toml",

@@ -106,7 +106,8 @@ class Daemon:
         self.node_env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url,
             "AWS_ENDPOINT_URL": self.cp.endpoint,
-            "AWS_CA_BUNDLE": self.cp.ca_path or "",
+            # the node's system bundle, which trusts the local CA (nodes.py) and every user reads
+            "AWS_CA_BUNDLE": nodes.SYSTEM_CA_BUNDLE,
             "AWS_DEFAULT_REGION": REGION,
             "EC2MPI_MOUNT_HOOK": str(self.state / "mount-hook"),
             "EC2MPI_SSHD_PIDFILE": "/run/ec2mpi/sshd.pid",

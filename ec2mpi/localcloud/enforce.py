@@ -141,7 +141,8 @@ def role_policies(name: str) -> list:
     if role is None:
         return []
     docs = [doc for doc in role.policies.values()]
-    docs += [p.document for p in role.managed_policies.values()]
+    for managed in role.managed_policies.values():    # each one's default version counts
+        docs += [v.document for v in managed.versions if v.is_default]
     return [json.loads(d) if isinstance(d, str) else d for d in docs]
 
 

@@ -1,6 +1,7 @@
 """Run ON a local node (its venv's python): what may this process do with AWS?
 
-`probe.py user`: can this (non-root) process get role credentials at all?
+`probe.py user [JOB_BUCKET KEYS_BUCKET CLUSTER]`: which credentials does this (non-root)
+process get, and what do they allow?
 `probe.py root CLUSTER OTHER_CLUSTER`: with the instance role's credentials (the
 metadata service, as the agent gets them), try what a compromised node would, and print
 one JSON object {attempt: "ok" | error code}.
@@ -10,11 +11,13 @@ import sys
 import urllib.request
 
 
-def user() -> dict:
+def user(job_bucket: str = "", keys_bucket: str = "", cluster: str = "") -> dict:
+    """As the cluster user: the metadata service, and whatever credentials the SDK finds
+    (with a job role: only the job role's), tried on the job's input and the cluster keys."""
     import os
     url = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254/")
-    out = {"env_credentials": any(k in os.environ for k in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))}
+    out = {"static_credentials": any(k in os.environ for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))}
     req = urllib.request.Request(url.rstrip("/") + "/latest/api/token", method="PUT",
                                  headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
     try:
@@ -23,11 +26,18 @@ def user() -> dict:
     except OSError as err:
         out["imds"] = type(err).__name__
     import boto3
-    from botocore.exceptions import NoCredentialsError
-    try:
-        out["credentials"] = "ok" if boto3.Session().get_credentials() else "none"
-    except NoCredentialsError:
-        out["credentials"] = "none"
+    from botocore.exceptions import ClientError
+    creds = boto3.Session().get_credentials()
+    out["credentials"] = creds.method if creds else "none"
+    if creds and job_bucket:
+        s3 = boto3.client("s3")
+        for name, bucket, key in (("job_input", job_bucket, "input.txt"),
+                                  ("cluster_keys", keys_bucket, f"clusters/{cluster}/keys.json")):
+            try:
+                s3.get_object(Bucket=bucket, Key=key)
+                out[name] = "ok"
+            except ClientError as err:
+                out[name] = err.response["Error"]["Code"]
     return out
 
 
@@ -95,5 +105,5 @@ def root(cluster: str, other: str) -> dict:
 
 
 if __name__ == "__main__":
-    result = user() if sys.argv[1] == "user" else root(*sys.argv[2:4])
+    result = user(*sys.argv[2:5]) if sys.argv[1] == "user" else root(*sys.argv[2:4])
     print(json.dumps(result))

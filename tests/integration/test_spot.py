@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import have_root_namespaces
@@ -36,6 +37,17 @@ def spot():
     cli("put", "-c", NAME, str(EXAMPLES / "checkpoint_restart.py"), "checkpoint_restart.py")
     yield NAME
     cli("destroy", NAME, "--yes", check=False, timeout=180)
+
+
+def test_without_a_job_role_jobs_get_no_aws_credentials(spot):
+    """The node role is root's (the metadata service is firewalled), and no job role was
+    asked for: a job finds no credentials at all."""
+    probe = Path(__file__).with_name("node_probe.py")
+    cli("put", "-c", spot, str(probe), "node_probe.py")
+    for node in ("master", "node-1"):
+        out = json.loads(on_node(spot, node, "/opt/ec2mpi/venv/bin/python "
+                                 "/shared/node_probe.py user").stdout.strip().splitlines()[-1])
+        assert out["credentials"] == "none" and out["imds"] != "ok", out
 
 
 def ready_workers(cluster):

@@ -28,24 +28,38 @@ pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 NAME = "e2e-trust"
 OTHER = "e2e-trust-stranger"
 PROBE = Path(__file__).with_name("node_probe.py")
+JOB_BUCKET = "e2e-trust-job-input"
 
 
 @pytest.fixture(scope="module")
 def trust():
-    cli("create", NAME, "--nodes", "2", "--storage", "efs", "--yes", *WAIT, timeout=180)
+    """A cluster whose jobs may read one input bucket (--job-policy-arn), and a stranger
+    cluster's item and keys in the registry and the key bucket."""
     from ec2mpi.aws.registry import Registry
     from ec2mpi.config import bucket_name
     from ec2mpi.localcloud import control
     aws = control.session(control.ensure_up())
+    s3, iam = aws.client("s3"), aws.client("iam")
+    s3.create_bucket(Bucket=JOB_BUCKET)
+    s3.put_object(Bucket=JOB_BUCKET, Key="input.txt", Body=b"job input")
+    policy = iam.create_policy(PolicyName=f"{NAME}-read-input", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{JOB_BUCKET}/*"}]}))["Policy"]["Arn"]
+    cli("create", NAME, "--nodes", "2", "--storage", "efs", "--job-policy-arn", policy,
+        "--yes", *WAIT, timeout=180)
     Registry(aws).create_cluster(OTHER, json.dumps({"name": OTHER}), status="ready")
     account = aws.client("sts").get_caller_identity()["Account"]
     bucket = bucket_name(account, aws.region)
-    aws.client("s3").put_object(Bucket=bucket, Key=f"clusters/{OTHER}/keys.json", Body=b"{}")
+    s3.put_object(Bucket=bucket, Key=f"clusters/{OTHER}/keys.json", Body=b"{}")
     cli("put", "-c", NAME, str(PROBE), "node_probe.py")
-    yield NAME
+    yield {"name": NAME, "keys_bucket": bucket}
     Registry(aws).delete_cluster(OTHER)
-    aws.client("s3").delete_object(Bucket=bucket, Key=f"clusters/{OTHER}/keys.json")
+    s3.delete_object(Bucket=bucket, Key=f"clusters/{OTHER}/keys.json")
     cli("destroy", NAME, "--yes", check=False, timeout=180)
+    s3.delete_object(Bucket=JOB_BUCKET, Key="input.txt")
+    s3.delete_bucket(Bucket=JOB_BUCKET)
+    iam.delete_policy(PolicyArn=policy)
 
 
 def as_root_on(node: dict, *args: str) -> dict:
@@ -64,16 +78,20 @@ def node(cluster: str, role: str) -> dict:
     return next(n for n in nodes_of(cluster) if n["role"] == role)
 
 
-def test_the_cluster_user_gets_no_role_credentials(trust):
+def test_the_cluster_user_gets_the_job_role_only(trust):
+    """No metadata service, no node role: the job role's credentials (from the agent on
+    loopback), which read the job's input and nothing of the cluster's."""
     for name in ("master", "node-1"):
-        res = on_node(trust, name, "/opt/ec2mpi/venv/bin/python /shared/node_probe.py user")
+        res = on_node(trust["name"], name, "/opt/ec2mpi/venv/bin/python /shared/node_probe.py "
+                      f"user {JOB_BUCKET} {trust['keys_bucket']} {trust['name']}")
         out = json.loads(res.stdout.strip().splitlines()[-1])
-        assert out == {"env_credentials": False, "imds": out["imds"], "credentials": "none"}, out
-        assert out["imds"] != "ok", out
+        assert out["imds"] != "ok" and not out["static_credentials"], out
+        assert out["credentials"] == "container-role", out
+        assert out["job_input"] == "ok" and out["cluster_keys"] == "AccessDenied", out
 
 
 def test_a_workers_root_credentials_write_its_own_node_item_only(trust):
-    out = as_root_on(node(trust, "worker"), "root", trust, OTHER)
+    out = as_root_on(node(trust["name"], "worker"), "root", trust["name"], OTHER)
     assert out.pop("own_node_item") == "ok", out
     assert out.pop("own_keys") == "ok", out
     assert out.pop("another_node_item") == "AccessDeniedException"
@@ -87,7 +105,7 @@ def test_a_workers_root_credentials_write_its_own_node_item_only(trust):
 
 
 def test_the_masters_root_credentials_do_what_the_table_grants_for_its_cluster(trust):
-    out = as_root_on(node(trust, "master"), "root", trust, OTHER)
+    out = as_root_on(node(trust["name"], "master"), "root", trust["name"], OTHER)
     for name in ("own_node_item", "own_keys", "another_node_item", "master_state",
                  "list_members", "describe_instances"):
         assert out.pop(name) == "ok", (name, out)

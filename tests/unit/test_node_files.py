@@ -160,6 +160,13 @@ def test_mpi_env_binds_to_none_only_locally():
     assert "OMPI_MCA_hwloc_base_binding_policy" not in local_block   # not an Open MPI 5 name
     assert "export OPAL_PREFIX=/opt/ec2mpi/venv" in local_block and "OPAL_PREFIX" in aws_block
     assert "PRTE_MCA_hwloc_default_binding_policy=none" in local_block
+    assert "AWS_CONTAINER" not in aws_block      # no run dir given: no job credentials
+    jobs = mpi_env_block("/opt/ec2mpi", Path("/etc/ec2mpi"), False, Path("/run/ec2mpi"),
+                         "eu-west-1")
+    assert "export AWS_DEFAULT_REGION=eu-west-1\n" in jobs
+    assert ("if [ -r /run/ec2mpi/job-token ]; then export AWS_CONTAINER_CREDENTIALS_FULL_URI="
+            "http://127.0.0.1:51679/job-credentials AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="
+            "/run/ec2mpi/job-token; fi\n") in jobs
     bashrc = "case $- in *i*) ;; *) return;; esac\nalias ll='ls -l'\n"
     once = with_env_block(bashrc, aws_block)
     assert once.startswith(aws_block) and once.endswith(bashrc)
