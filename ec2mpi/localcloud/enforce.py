@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Iterable
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlsplit
 
 from . import policy
 from .credentials import CredentialStore, Key
@@ -53,7 +53,8 @@ def signature_ok(environ: dict, scope: dict, key: Key, body: bytes) -> bool:
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
     headers = {k: v for k, v in _headers(environ).items() if k.lower() in scope["signed"]}
-    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+    uri = _canonical_uri(
+        environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/"))
     host = headers.get("Host", environ.get("HTTP_HOST", ""))
     request = AWSRequest(method=environ["REQUEST_METHOD"], url=f"https://{host}{uri}",
                          data=body, headers=headers)
@@ -64,6 +65,17 @@ def signature_ok(environ: dict, scope: dict, key: Key, body: bytes) -> bool:
     canonical = auth.canonical_request(request)
     expected = auth.signature(auth.string_to_sign(request, canonical), request)
     return expected == scope["signature"]
+
+
+def _canonical_uri(uri: str) -> str:
+    """The URI with its query encoded as SigV4 canonicalizes it. Clients may send a raw '/'
+    in a value (s3fs: prefix=a/b/) yet sign it as %2F; botocore takes the query as given."""
+    path, _, query = uri.partition("?")
+    if not query:
+        return uri
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return path + "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                                 for k, v in pairs)
 
 
 class Enforcer:

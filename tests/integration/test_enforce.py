@@ -214,3 +214,29 @@ def test_revoked_credentials_stop_working(world):
         me["session"].client("dynamodb").get_item(TableName=REGISTRY_TABLE, Key={
             k: {"S": v} for k, v in cluster_key(me["cluster"]).items()})
     assert _code(err.value) == "UnrecognizedClientException"
+
+
+def test_a_query_sent_raw_but_signed_canonically_is_accepted(world):
+    """s3fs lists with prefix=clusters/x/shared/ raw on the wire but signs it as SigV4
+    canonicalizes it (%2F); AWS accepts that, and so must the local cloud, or a mounted
+    /shared answers every listing with EPERM."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    cp, client = world["cp"], world["store"].client()
+    host = urlsplit(cp.endpoint).netloc
+    raw = f"/{BUCKET}/?delimiter=/&prefix=clusters/enfa/"
+    for query, status in (("delimiter=%2F&prefix=clusters%2Fenfa%2F", 200),
+                          ("delimiter=%2F&prefix=clusters%2Fenfb%2F", 403)):
+        request = AWSRequest(method="GET", url=f"{cp.endpoint}/{BUCKET}/?{query}")
+        S3SigV4Auth(Credentials(client.access_key_id, client.secret), "s3", REGION
+                    ).add_auth(request)
+        conn = http.client.HTTPSConnection(
+            host, context=ssl.create_default_context(cafile=cp.ca_path), timeout=10)
+        conn.request("GET", raw, headers=dict(request.headers.items()))
+        assert conn.getresponse().status == status, query
