@@ -2,7 +2,9 @@
 
 Runs against a fresh local control plane (moto's server, started here) with dummy
 credentials; nothing leaves this machine. A figure, not an assertion: the test suite
-asserts that create's mutating calls do not depend on N.
+asserts that create's mutating calls do not depend on N. The rows marked `create*` are a
+create when no spot capacity is left in any pool (the control plane's capacity pools) with
+--spot-fallback on-demand: one more CreateFleet, whatever N.
 
     python bench/api_calls.py
 """
@@ -42,6 +44,17 @@ def measure(aws, what, call):
     return counter.total, counter.mutating, muts
 
 
+def pools(cp, method, body=None) -> None:
+    """Set or reset the control plane's capacity pools (localcloud/fidelity_capacity.py)."""
+    import json
+    import ssl
+    import urllib.request
+    req = urllib.request.Request(cp.endpoint + "/_ec2mpi/capacity", method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=cp.ca_path)):
+        pass
+
+
 def main(sizes=(4, 16, 64)) -> int:
     with tempfile.TemporaryDirectory() as state:
         cp = start(state)
@@ -60,6 +73,17 @@ def main(sizes=(4, 16, 64)) -> int:
                     total, mutating, muts = measure(aws, op, call)
                     detail = ", ".join(f"{k}={v}" for k, v in muts.items())
                     print(f"{n:>4} {op:8} {total:>6} {mutating:>9}  {detail}")
+            for itype in ClusterSpec("x").instance_types:     # no spot capacity left anywhere
+                pools(cp, "POST", {"type": itype, "lifecycle": "spot", "count": 0})
+            for n in sizes:
+                name, mgr = f"fallback{n}", ClusterManager(aws)
+                spec = ClusterSpec(name, nodes=n, ssh_cidr="203.0.113.7/32", storage="efs",
+                                   spot_fallback="on-demand")
+                total, mutating, muts = measure(
+                    aws, "create*", lambda m=mgr, s=spec: m.create(s, wait=False))
+                detail = ", ".join(f"{k}={v}" for k, v in muts.items())
+                print(f"{n:>4} {'create*':8} {total:>6} {mutating:>9}  {detail}")
+                mgr.destroy(name)
         finally:
             cp.stop()
     return 0

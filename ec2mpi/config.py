@@ -23,6 +23,12 @@ NODE_PREFIX = "/opt/ec2mpi"      # node venv lives at NODE_PREFIX/venv on every 
 STORAGE_KINDS = ("efs", "s3fs", "none")
 DEFAULT_INSTANCE_TYPES = ("c6i.large", "c6a.large", "c5.large")
 DEFAULT_IMAGE_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+# the default image per architecture of the instance types (Graviton types are arm64)
+DEFAULT_IMAGE_PARAMETERS = {
+    "x86_64": DEFAULT_IMAGE_PARAMETER,
+    "arm64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+}
+SPOT_FALLBACKS = ("none", "on-demand")   # what a launch does when spot capacity runs out
 MAX_NODES = 1000
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
@@ -53,6 +59,35 @@ def validate_name(name: str) -> str:
             "with '-'",
         )
     return name
+
+
+DEFAULT_AUTOSTOP = 3600     # s: clusters with shared storage stop after an idle hour
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smh]?)$")
+
+
+def parse_duration(value) -> int:
+    """Seconds from '90s', '45m', '2h' or plain minutes ('30'); 'off' (or 0) is 0."""
+    text = str(value).strip().lower()
+    if text in ("off", "0", "none", "no"):
+        return 0
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise UserError(f"duration {value!r} is not understood",
+                        "give minutes (30), or a number with a unit: 90s, 45m, 2h; or off")
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "": 60}[match.group(2)]
+    if not 10 <= seconds <= 7 * 24 * 3600:
+        raise UserError(f"duration {value!r} is out of range", "use 10s to 7 days, or off")
+    return int(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """'90s', '45m', '2h', '1h30m': the shortest honest form."""
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    hours, rest = divmod(minutes, 60)
+    return f"{hours}h{rest:02d}m".replace("h00m", "h") if hours else f"{minutes}m"
 
 
 def parse_count(value, what: str = "node count") -> int:
@@ -114,6 +149,8 @@ class ClusterSpec:
     master_spot: bool = False         # the master runs healing and jobs: on-demand by default
     keep_size: bool | None = None     # replace lost nodes; None = on for spot clusters
     job_policy_arns: tuple[str, ...] = ()  # what jobs may do in AWS (a job role); () = nothing
+    spot_fallback: str = "none"       # spot ran out in every pool: "on-demand" launches the rest
+    autostop: int | None = None       # idle seconds before the cluster stops; 0 off, None default
 
     def __post_init__(self):
         validate_name(self.name)
@@ -136,9 +173,23 @@ class ClusterSpec:
             raise UserError(f"malformed subnet id in {', '.join(self.subnet_ids)}",
                             "use ids such as subnet-0123456789abcdef0")
         object.__setattr__(self, "job_policy_arns", parse_policy_arns(self.job_policy_arns))
+        if self.spot_fallback not in SPOT_FALLBACKS:
+            raise UserError(f"unknown spot fallback {self.spot_fallback!r}",
+                            f"choose one of {', '.join(SPOT_FALLBACKS)}")
+        if self.autostop is not None:
+            object.__setattr__(self, "autostop", parse_duration(self.autostop)
+                               if isinstance(self.autostop, str) else int(self.autostop))
         if self.image_id and not _IMAGE_RE.match(self.image_id):
             raise UserError(f"malformed image id {self.image_id!r}",
                             "use an AMI id such as ami-0123456789abcdef0")
+
+    @property
+    def autostop_seconds(self) -> int:
+        """None means the default: an idle hour with shared storage, never without (job
+        output would live on the master's disk, which stopping throws away)."""
+        if self.autostop is None:
+            return DEFAULT_AUTOSTOP if self.storage != "none" else 0
+        return self.autostop
 
     @property
     def keeps_size(self) -> bool:

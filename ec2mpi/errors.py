@@ -32,6 +32,10 @@ class WaitTimeout(CloudError):
     """A wait ran out; the message names what is still missing."""
 
 
+class BootFailed(CloudError):
+    """A node's boot gave up for good (its agent recorded why): waiting longer cannot help."""
+
+
 def explain_client_error(operation: str, err: Exception) -> CloudError:
     """Turn a botocore ClientError into a CloudError that says what to try."""
     code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import time as _time
 
 
 def to_data(obj):
     """Dataclasses (with tuples, nested) -> JSON-able dicts and lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         data = {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        for prop in ("ready", "master"):  # ClusterStatus conveniences scripts want too
+        for prop in ("ready", "master", "stopped"):  # ClusterStatus conveniences for scripts
             if hasattr(type(obj), prop) and isinstance(getattr(type(obj), prop), property):
                 value = getattr(obj, prop)
                 data[prop] = value.instance_id if hasattr(value, "instance_id") else to_data(value)
@@ -55,20 +56,110 @@ def lifecycle_mix(nodes) -> str:
     return ", ".join(parts) or "no nodes"
 
 
+def stopped_text(master_state: dict) -> str:
+    since = master_state.get("idle_since") or master_state.get("stopped_at") or 0
+    return "stopped (idle since " + _dt.datetime.fromtimestamp(since).strftime(
+        "%Y-%m-%d %H:%M") + ")"
+
+
+def autostop_text(master_state: dict, now: float | None = None) -> str:
+    """', autostop in 12m' while idle, ', autostop after 1h idle' while busy, '' when off."""
+    from .config import format_duration
+    limit = int(master_state.get("autostop") or 0)
+    if not limit:
+        return ""
+    since = float(master_state.get("idle_since") or 0)
+    if since:
+        left = max(0.0, limit - ((now or _time.time()) - since))
+        return f", autostop in {format_duration(left)} (idle)"
+    return f", autostop after {format_duration(limit)} idle"
+
+
+def capacity_text(st, now: float | None = None) -> str:
+    """Lines for `status` when capacity ran short: nodes missing to the target, and the
+    (type, AZ, lifecycle) pools launches avoid for now. '' when there is nothing to say."""
+    from .aws.instances import describe_pools
+    from .aws.registry import avoided
+    state = st.master_state or {}
+    lines = []
+    target = int(state.get("target") or 0)
+    counted = sum(1 for n in st.nodes if n.state not in ("lost", "terminated", "draining",
+                                                         "invalid"))
+    if target > counted:
+        lines.append(f"{counted} of {target} node(s) up; "
+                     + ("the master keeps launching the rest (keep-size)"
+                        if state.get("keep_size")
+                        else f"add the rest with: ec2mpi resize {target} -c {st.name}"))
+    now = _time.time() if now is None else now
+    avoid = avoided(state, now)
+    if avoid:
+        left = max(avoid.values()) - now
+        lines.append(f"capacity: avoiding {describe_pools(sorted(avoid))} for up to "
+                     f"{max(1, round(left / 60))} more minute(s) (no capacity there)")
+    return "".join("\n" + line for line in lines)
+
+
+def format_launch(rep) -> str:
+    """What a launch got when capacity ran short (create, add-nodes, resize): '' if all went
+    as asked."""
+    if rep is None or not rep.eventful:
+        return ""
+    parts = []
+    if rep.failed:
+        parts.append(f"no capacity in {_failed_pools(rep.failed)}")
+    if rep.on_demand:
+        parts.append(f"{rep.on_demand} node(s) launched on-demand instead of spot "
+                     "(--spot-fallback on-demand)")
+    if rep.missing:
+        parts.append(f"launched {rep.launched} of {rep.asked} node(s), {rep.missing} missing: "
+                     + ("the master keeps trying for them (keep-size)" if rep.keeps_trying
+                        else "add them later with add-nodes or resize"))
+    if rep.per_hour is not None:
+        parts.append(f"the cluster now costs {money(rep.per_hour)}")
+    return "; ".join(parts)
+
+
+def _failed_pools(failed) -> str:
+    from .aws.instances import describe_pools
+    return describe_pools([tuple(f[:3]) for f in failed])
+
+
 def format_status(st) -> str:
     """The `status` view: a one-line summary, then one row per node, master first."""
     cost = money(st.cost.per_hour) if st.cost else "?"
+    if st.stopped:
+        month = "?" if st.storage_month is None else f"${st.storage_month:.2f}"
+        head = (f"cluster {st.name}: {stopped_text(st.master_state)}; no nodes run, its "
+                f"{st.spec.storage} storage still costs about {month}/month; bring it back "
+                f"with: ec2mpi resize {st.spec.nodes} -c {st.name}")
+        return head
     head = (f"cluster {st.name}: {st.status}, {st.ready}/{len(st.nodes)} nodes ready "
-            f"({lifecycle_mix(st.nodes)}), {cost}, storage {st.spec.storage}, epoch {st.epoch}")
+            f"({lifecycle_mix(st.nodes)}), {cost}, storage {st.spec.storage}, epoch {st.epoch}"
+            f"{autostop_text(st.master_state)}")
+    head += capacity_text(st)
     if not st.nodes:
         return head + "\n(no nodes)"
     rows = []
     for label, n in zip(node_labels(st.nodes), st.nodes):
         beat = "" if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s"
         rows.append([label, n.instance_id, n.instance_type, n.lifecycle, n.state, n.private_ip,
-                     n.public_ip or "-", n.slots, beat])
+                     n.public_ip or "-", n.slots, beat, n.image or "-", _install(n)])
+    why = [f"{label} {n.instance_id} is {n.state}: {clean(n.reason)}"
+           for label, n in zip(node_labels(st.nodes), st.nodes) if n.reason and n.state in (
+               "lost", "draining", "failed")]
     return head + "\n" + table(["NODE", "INSTANCE", "TYPE", "LIFECYCLE", "STATE", "PRIVATE IP",
-                                "PUBLIC IP", "SLOTS", "HEARTBEAT"], rows)
+                                "PUBLIC IP", "SLOTS", "HEARTBEAT", "IMAGE", "INSTALLED"],
+                               rows) + "".join(f"\n{line}" for line in why)
+
+
+def _install(n) -> str:
+    """Seconds the node's boot spent installing (stock image), '-' on a baked image."""
+    return f"{n.install_s:.0f}s" if n.install_s else "-"
+
+
+def clean(text: str) -> str:
+    """A node-written text (a reason) made safe for a terminal: printable, one line, short."""
+    return "".join(c if c.isprintable() else " " for c in str(text))[:200]
 
 
 def format_list(summaries, current: str | None = None) -> str:

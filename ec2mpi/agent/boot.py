@@ -380,6 +380,14 @@ def register(reg: Registry, cluster: str, node: Node, budget: float) -> None:
             time.sleep(min(10.0, 0.2 * 2 ** attempt) * (0.5 + random.random()))
 
 
+def install_seconds(paths: AgentPaths) -> float:
+    """What user-data spent installing (0 on a baked image), as it wrote it."""
+    try:
+        return max(0.0, float((paths.run / "install.seconds").read_text().strip()))
+    except (OSError, ValueError):
+        return 0.0
+
+
 def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | None = None,
          aws: AwsSession | None = None, ssh_port: int = 22, master_timeout: float = 600.0,
          ready_timeout: float = 120.0) -> Node:
@@ -394,7 +402,8 @@ def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | N
     reg = Registry(aws, table=params.table)
     roles = cluster_roles(reg, params.cluster, master_timeout)
     node = Node(me.instance_id, params.role, me.private_ip, me.hostname, os.cpu_count() or 1,
-                me.lifecycle, me.instance_type, "booting", image=me.image)
+                me.lifecycle, me.instance_type, "booting", image=me.image,
+                install_s=install_seconds(paths))
     node.key = node_pk(params.cluster, roles[params.role], me.instance_id)
     register(reg, params.cluster, node, master_timeout)
     install_root(paths.state, json.dumps(asdict(node)).encode(), 0o644)

@@ -5,6 +5,11 @@ of type `maintain`): the target is ours to change (add-nodes, remove-nodes, resi
 autostop set it, so healing never fights them), a replacement can avoid the (type, AZ)
 pool that just failed or was interrupted, and the master's role needs nothing beyond this
 cluster's template, role and tags. New nodes join through the normal boot path.
+
+Capacity: a launch fails over like the client's (Instances.launch_some, on-demand too
+with the spec's spot_fallback); it leaves out the pools the client or an earlier heal
+found short (the master state's `avoid` map, registry.avoided) and records the pools that
+refuse it there, for the client's next launch.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..aws.instances import LaunchRequest
+from ..aws.registry import avoided
 from ..config import ClusterSpec
 from ..errors import Ec2mpiError
 
@@ -63,23 +69,46 @@ class Healer:
             return []
         spec: ClusterSpec = self.source.spec()
         self.avoid = {pool: until for pool, until in self.avoid.items() if until > now}
+        avoid = frozenset(self.avoid) | frozenset(avoided(master_state, now))
         request = LaunchRequest(self.source.launch_template(), missing, "heal-" + uuid.uuid4().hex,
                                 spec.instance_types, tuple(self.source.subnets()), spot=spec.spot,
-                                avoid=frozenset(self.avoid))
+                                avoid=avoid, spot_fallback=spec.spot_fallback == "on-demand")
         log.info("healing: %d of %d node(s) missing, launching %d (avoiding %s)",
-                 missing, target, missing, sorted(self.avoid) or "no pool")
+                 missing, target, missing, sorted(avoid) or "no pool")
         try:
-            ids = self.instances.launch(request)
+            result = self.instances.launch_some(request)
         except Ec2mpiError as err:
-            self.failures += 1
-            delay = min(self.settings.max_backoff, self.settings.backoff * 2 ** (self.failures - 1))
-            self.next_try = now + delay
-            log.warning("healing launch failed (%s); next try in %.0f s", err, delay)
+            self._back_off(now, f"healing launch failed ({err})")
             return []
-        self.failures, self.launches = 0, self.launches + 1
+        failed = result.capacity_failed
+        if failed:
+            self.avoid.update({pool: now + self.settings.avoid_for for pool in failed})
+            self._record(failed)
+        ids = result.new
         self.recent.update({i: now for i in ids})
+        if result.missing:
+            self._back_off(now, f"healing launched {len(ids)} of {missing}: no capacity in "
+                                f"{sorted(failed) or 'the pools tried'}")
+            return ids
+        self.failures, self.launches = 0, self.launches + 1
         self.next_try = now + self.settings.cooldown
         return ids
+
+    def _back_off(self, now: float, why: str) -> None:
+        self.failures += 1
+        delay = min(self.settings.max_backoff, self.settings.backoff * 2 ** (self.failures - 1))
+        self.next_try = now + delay
+        log.warning("%s; next try in %.0f s", why, delay)
+
+    def _record(self, pools) -> None:
+        """Tell the client's next launch (and a new master) which pools refused."""
+        record = getattr(self.source, "avoid_pools", None)
+        if record is None:
+            return
+        try:
+            record(pools, self.settings.avoid_for)
+        except Exception as err:  # noqa: BLE001 - a hint for others, never a healing failure
+            log.warning("could not record the pools to avoid: %s", err)
 
 
 class ClusterSource:
@@ -109,3 +138,8 @@ class ClusterSource:
 
     def subnets(self) -> list:
         return self._cached("subnets", lambda: self.network.subnets(self.spec().subnet_ids))
+
+    def avoid_pools(self, pools, seconds: float) -> None:
+        """Record pools that refused a healing launch in the master state (no membership
+        bump: the master itself already avoids them)."""
+        self.registry.avoid_pools(self.cluster, pools, seconds, bump=False)

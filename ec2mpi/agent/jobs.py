@@ -60,8 +60,9 @@ class JobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def new(self, spec: JobSpec) -> JobSpec:
-        """Allocate the next id with an exclusive mkdir (two submits never share one)."""
+    def new(self, spec: JobSpec, files: dict | None = None) -> JobSpec:
+        """Allocate the next id with an exclusive mkdir (two submits never share one); `files`
+        (name -> text, e.g. a farm's tasks) are written before the spec and the state."""
         self.root.mkdir(parents=True, exist_ok=True)
         while True:
             ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
@@ -71,6 +72,10 @@ class JobStore:
                 break
             except FileExistsError:
                 continue
+        for name, text in (files or {}).items():
+            target = self.dir(spec.id) / name
+            target.with_name(f".{name}.tmp").write_text(text)
+            os.replace(target.with_name(f".{name}.tmp"), target)
         self._write(spec.id, "spec.json", asdict(spec))
         self.save(spec.id, JobState())
         return spec

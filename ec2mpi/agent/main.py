@@ -11,21 +11,18 @@ AWS_ENDPOINT_URL, AWS_CA_BUNDLE, EC2MPI_*) adapt it to the local cloud.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+# Only what every command needs: the rest is imported where it is used, so that
+# `ec2mpi-agent --version` (which the user-data stub runs on every boot) and the job commands
+# start quickly; `run` imports boto3 and the boot steps (agent/boot.py) when it starts them.
 import os
-import shlex
-import signal
-import subprocess
 import sys
-import threading
-from pathlib import Path
 
 from .. import __version__
 
 
 def _setup_logging(paths) -> None:
+    import logging
+
     handlers = [logging.StreamHandler(sys.stderr)]
     try:
         paths.log_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +44,7 @@ BOOT_FAILED = 3   # exit status of `run` when boot failed for good: supervisors 
 
 
 def _run(args, params, paths) -> int:
+    import logging
     import time
 
     from .boot import boot, session_for
@@ -63,6 +61,7 @@ def _run(args, params, paths) -> int:
             if attempt == 3:
                 status.write_text(f"failed: {err}\n")
                 print(f"ec2mpi-agent run: boot failed: {err}", file=sys.stderr)
+                _record_boot_failure(params, paths, aws, err)
                 return BOOT_FAILED
             time.sleep(attempt * delay)
     status.write_text(f"ready {node.instance_id} {node.role} {node.private_ip}\n")
@@ -70,7 +69,31 @@ def _run(args, params, paths) -> int:
     return _watch(args, params, paths, aws=aws)
 
 
+def _record_boot_failure(params, paths, aws, err: Exception) -> None:
+    """Say in the registry why this node gave up (state `failed`), so that `create` stops
+    waiting at once and `status` shows the reason. Best effort: the registry may be what
+    failed, and then the boot status and the console say it."""
+    import json
+    import logging
+
+    from ..aws.registry import Node, Registry
+    try:
+        node = Node(**json.loads(paths.state.read_text()))
+    except (OSError, ValueError, TypeError):
+        return   # not registered yet: nothing in the registry to mark
+    try:
+        reason = " ".join(f"boot failed: {err}".split())[:300]
+        Registry(aws, table=params.table).set_node_state(params.cluster, node, "failed", reason)
+    except Exception:  # the console and boot.status still say it
+        logging.getLogger("ec2mpi.agent").exception("could not record the boot failure")
+
+
 def _watch(args, params, paths, aws=None) -> int:
+    import json
+    import logging
+    import signal
+    import threading
+
     from ..aws.registry import Node, Registry
     from .boot import session_for
     from .imds import Imds
@@ -89,9 +112,17 @@ def _watch(args, params, paths, aws=None) -> int:
                                       Network(aws, params.cluster), params.cluster), instances)
     settings = WatchSettings.from_env(**({"poll": args.poll} if args.poll else {}))
     keepers = [(5.0, JobManagerKeeper(params, paths))] if node.role == "master" else []
+    autostop = None
+    if node.role == "master":
+        import pwd
+
+        from .autostop import Autostop, running_jobs
+        uid = pwd.getpwnam(params.user).pw_uid
+        autostop = Autostop(params.cluster, registry, instances, ssh_sessions,
+                            lambda: running_jobs(uid))
     watcher = Watcher(params.cluster, node, registry, paths.hostfile_dirs(params), Imds(),
                       settings=settings, instances=instances, healer=healer, run_dir=paths.run,
-                      sessions=ssh_sessions, keepers=keepers)
+                      sessions=ssh_sessions, keepers=keepers, autostop=autostop)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -130,6 +161,10 @@ class JobManagerKeeper:
         self.proc = None
 
     def __call__(self) -> None:
+        import logging
+        import shlex
+        import subprocess
+
         if self.proc is not None and self.proc.poll() is None:
             return
         agent = f"{self.params.prefix}/venv/bin/ec2mpi-agent"
@@ -148,6 +183,8 @@ def ssh_sessions() -> int:
     """Open SSH sessions on THIS node: established TCP connections to its port 22, read from
     /proc/net/tcp*, which shows the node's own network namespace (on the local cloud nodes
     share the host's PID space, so counting sshd processes would mean nothing)."""
+    from pathlib import Path
+
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -163,6 +200,10 @@ def ssh_sessions() -> int:
 
 def _job(args, params, paths) -> int:
     """The job commands, run as the cluster user (the client over SSH, or the manager)."""
+    import json
+    import signal
+    import threading
+
     from . import jobs
     store = jobs.JobStore(jobs.jobs_root(params, paths))
     if args.job_command == "submit":
@@ -179,9 +220,18 @@ def _job(args, params, paths) -> int:
         return jobs.cancel(store, args.id)
     if args.job_command == "list":
         return jobs.listing(store)
+    if args.job_command in ("farm", "resume"):
+        from . import farm
+        if args.job_command == "farm":
+            return farm.submit(store, sys.stdin.read(), args.name, args.retries)
+        return farm.resume(store, args.id, args.retries)
     from .supervisor import Manager, Supervisor
     me = json.loads(paths.state.read_text())["instance_id"]
     cwd = paths.shared(params) if params.storage != "none" else paths.home(params.user)
+    if args.job_command == "supervise" and store.spec(args.id).kind == "farm":
+        from .farm import Farm
+        return Farm(store, args.id, paths.etc, paths.run, me, cwd,
+                    python=f"{params.prefix}/venv/bin/python").run()
     if args.job_command == "supervise":
         return Supervisor(store, args.id, paths.etc, paths.run, me, cwd).run()
     stop = threading.Event()
@@ -204,6 +254,11 @@ def _hostfile(args, params, paths) -> int:
 
 
 def main(argv=None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+        print(__version__)   # what argparse's version action prints, without importing argparse
+        raise SystemExit(0)
+    import argparse
+
     ap = argparse.ArgumentParser(prog="ec2mpi-agent", description="ec2mpi node agent")
     ap.add_argument("--version", action="version", version=__version__)
     ap.add_argument("--root", default="/", help="filesystem root (tests)")
@@ -234,6 +289,12 @@ def main(argv=None) -> int:
         if name == "attach":
             jp.add_argument("--new-only", action="store_true")
     jsub.add_parser("list")
+    jf = jsub.add_parser("farm", help="queue a task farm (the task file on stdin); prints its id")
+    jf.add_argument("--name", default="tasks")
+    jf.add_argument("--retries", type=int, default=0)
+    jr = jsub.add_parser("resume", help="go on with what a farm has not done")
+    jr.add_argument("id")
+    jr.add_argument("--retries", type=int, default=None)
     jsub.add_parser("manage", help="start supervisors for the active jobs (kept alive by run)")
     args = ap.parse_args(argv)
     if args.command == "guard":
@@ -245,7 +306,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
 
-    from .boot import AgentParams, AgentPaths
+    import logging
+    from pathlib import Path
+
+    from .params import AgentParams, AgentPaths  # not .boot: the job commands need no boto3
     paths = AgentPaths(Path(args.root))
     _setup_logging(paths)
     try:

@@ -8,9 +8,11 @@ import os
 import pwd
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..aws.session import AwsSession
-from .imds import Imds
+if TYPE_CHECKING:   # annotations only: the job commands need neither boto3 nor urllib
+    from ..aws.session import AwsSession
+    from .imds import Imds
 
 
 @dataclass(frozen=True)
@@ -117,5 +119,6 @@ def identity(imds: Imds) -> Identity:
 def session_for(params: AgentParams) -> AwsSession:
     """Instance-role credentials (via IMDS); endpoint and CA only when the local cloud sets
     them."""
+    from ..aws.session import AwsSession  # boto3: only the commands that call AWS pay for it
     return AwsSession(region=params.region, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
                       ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)

@@ -42,6 +42,7 @@ class WatchSettings:
     lost_after: float = 60.0          # a running node silent this long is lost
     boot_timeout: float = 900.0       # a node still booting after this long is lost
     lost_kept: float = 900.0          # lost items stay this long (status says why), then go
+    autostop_every: float = 15.0      # master: is the cluster idle? (no registry request)
 
     @classmethod
     def from_env(cls, **given) -> WatchSettings:
@@ -57,7 +58,7 @@ class Watcher:
     def __init__(self, cluster: str, node: Node, registry: Registry, hostfile_dirs=(),
                  imds: Imds | None = None, settings: WatchSettings | None = None,
                  instances=None, healer=None, run_dir=None, deregister: bool = True,
-                 sessions=None, keepers=()):
+                 sessions=None, keepers=(), autostop=None):
         self.cluster, self.node, self.reg = cluster, node, registry
         self.hostfile_dirs = list(hostfile_dirs)
         self.imds, self.instances, self.healer = imds, instances, healer
@@ -66,6 +67,7 @@ class Watcher:
         self.deregister = deregister
         self.sessions = sessions or (lambda: 0)
         self.keepers = list(keepers)  # (period, callable): local duties (the job manager)
+        self.autostop = autostop      # agent/autostop.Autostop on the master, or None
         self.epoch: int | None = None
         self.settle = False           # re-read once after a change: the index may lag
         self.members: list[Node] = []
@@ -75,6 +77,7 @@ class Watcher:
         self.last_write = 0.0         # time.time() of the last hostfile rewrite (benchmarks)
         self.draining = False
         self.live: dict = {}          # instance id -> Instance, from the last liveness check
+        self.heartbeats_due = 0.0     # time.monotonic() of the next heartbeat check
 
     @property
     def is_master(self) -> bool:
@@ -138,6 +141,8 @@ class Watcher:
         for n in self.members:
             if n.problem or n.instance_id == self.node.instance_id or n.state == "lost":
                 continue
+            if n.state == "failed" and n.instance_id in self.live:
+                continue   # its boot gave up: status shows why; a replacement would fail alike
             reason = ""
             if n.instance_id not in self.live:
                 reason = "its instance is gone (terminated or interrupted)"
@@ -154,6 +159,17 @@ class Watcher:
         self._forget_old_lost(now)
         return lost
 
+    def liveness(self) -> list[str]:
+        """The liveness duty: the heartbeats too when their check is due, on the same
+        DescribeInstances (a separate heartbeat duty paid a second one every 30 s)."""
+        now = time.monotonic()
+        heartbeats = now >= self.heartbeats_due
+        if heartbeats:   # half a period early: the loop runs duties a little late, never early
+            s = self.settings
+            self.heartbeats_due = now + s.heartbeat_check_every \
+                - min(s.liveness_every, s.heartbeat_check_every) / 2
+        return self.check_liveness(heartbeats=heartbeats)
+
     def _forget_old_lost(self, now: float) -> None:
         for n in self.members:
             if n.state == "lost" and n.instance_id not in self.live \
@@ -163,6 +179,9 @@ class Watcher:
     def heal(self) -> None:
         if self.healer is not None:
             self.healer.heal(self.members, self.live, self.master_state)
+
+    def check_idle(self) -> None:
+        self.autostop.check(self.members, self.master_state)
 
     # -- every node -------------------------------------------------------------------
     def check_notice(self) -> bool:
@@ -198,10 +217,11 @@ class Watcher:
         duties = [(s.notice_every, self.check_notice)]
         if self.is_master:
             duties += [(s.poll, self.check_membership),
-                       (s.liveness_every, self.check_liveness),
-                       (s.heartbeat_check_every, lambda: self.check_liveness(heartbeats=True)),
+                       (min(s.liveness_every, s.heartbeat_check_every), self.liveness),
                        (s.liveness_every, self.heal),
                        (s.master_heartbeat_every, self.beat)]
+            if self.autostop is not None:
+                duties.append((s.autostop_every, self.check_idle))
         else:
             duties.append((s.heartbeat_every, self.beat))
         return duties + self.keepers

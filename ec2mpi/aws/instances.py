@@ -5,18 +5,30 @@ Why one call per launch: client cost stays O(1) in the node count. Why our own l
 token on top of ClientToken: an emulator (moto) ignores ClientToken, and a resumed
 create must not double the nodes on any endpoint, so we also tag every instance with
 the token and only launch what is missing.
+
+Capacity failover (`launch_some`): when EC2 launches fewer than asked and says why with a
+capacity error (CAPACITY_ERRORS, as ParallelCluster's fast failover counts them) for some
+(type, AZ, lifecycle) pools, the rest is asked for again without those pools, until the
+count is met or every pool failed; then, if the request allows it, on-demand. Each retry
+is one more call for all the missing instances, so the cost stays O(1) in the node count.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import TAG_CLUSTER, TAG_LAUNCH, TAG_ROLE, ResourceNames, cluster_tags
 from ..errors import UserError, explain_client_error
 from .session import AwsSession, ClientError, error_code
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+# EC2's answers that mean "no capacity for this pool now": try the other pools.
+CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "InsufficientHostCapacity",
+                             "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow",
+                             "Unsupported"})
 
 
 @dataclass
@@ -59,7 +71,41 @@ class LaunchRequest:
     spot: bool = True
     role: str = "worker"
     placement_group: str | None = None
-    avoid: frozenset = frozenset()   # (instance type, AZ) pools to leave out, if others remain
+    # pools to leave out while others remain: (type, AZ) or (type, AZ, lifecycle)
+    avoid: frozenset = frozenset()
+    spot_fallback: bool = False      # spot ran out everywhere: launch the rest on-demand
+
+
+@dataclass
+class LaunchResult:
+    """What one launch got: every instance of its token, and the pools that refused it."""
+    ids: list                  # every instance of the launch token, in launch order
+    asked: int
+    new: list = field(default_factory=list)        # launched by this call
+    on_demand: list = field(default_factory=list)  # of `new`: on-demand because spot ran out
+    failed: dict = field(default_factory=dict)     # (type, AZ, lifecycle) -> (code, message)
+    tried: list = field(default_factory=list)      # (type, AZ, lifecycle) offered, in order
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.asked - len(self.ids))
+
+    @property
+    def capacity_failed(self) -> list:
+        """The pools that refused for capacity (what is avoided for a while)."""
+        return [p for p, (code, _) in self.failed.items() if code in CAPACITY_ERRORS]
+
+
+def describe_pools(pools) -> str:
+    """'c6i.large, c5.large in us-east-1a, us-east-1b (spot)', per lifecycle."""
+    parts = []
+    for lifecycle in ("spot", "on-demand"):
+        mine = [p for p in pools if p[2] == lifecycle]
+        if mine:
+            types = ", ".join(dict.fromkeys(p[0] for p in mine))
+            zones = ", ".join(dict.fromkeys(p[1] for p in mine if p[1])) or "any zone"
+            parts.append(f"{types} in {zones} ({lifecycle})")
+    return "; ".join(parts) or "no pool"
 
 
 PROFILE_RETRIES = (
@@ -99,6 +145,44 @@ class _Refusal:
         self.response = {"Error": {"Code": code, "Message": message}}
 
 
+class _CapacityRefused(Exception):
+    """A whole CreateFleet refused for capacity (not per pool in Errors)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _pool(pair, lifecycle: str) -> tuple:
+    """(type, subnet) -> the (type, AZ, lifecycle) capacity pool it launches into."""
+    return (pair[0], pair[1].get("AvailabilityZone", ""), lifecycle)
+
+
+def _names(overrides: dict, pair) -> bool:
+    """Does a fleet error's Overrides name this (type, subnet)? (AWS echoes what was sent:
+    the type and subnet, sometimes the AZ.)"""
+    itype, sub = pair
+    if overrides.get("InstanceType") not in (None, itype):
+        return False
+    if "SubnetId" in overrides:
+        return overrides["SubnetId"] == sub.get("SubnetId")
+    if "AvailabilityZone" in overrides:
+        return overrides["AvailabilityZone"] == sub.get("AvailabilityZone")
+    return True
+
+
+def shortfall(result: LaunchResult):
+    """The CloudError for a launch that got fewer instances than asked: EC2's reason, and
+    every pool tried."""
+    codes = [code for code, _ in result.failed.values()]
+    code = next((c for c in codes if c not in CAPACITY_ERRORS), None) or \
+        (codes[0] if codes else "InsufficientInstanceCapacity")
+    message = next((m for c, m in result.failed.values() if c == code), "")
+    return explain_client_error("ec2:CreateFleet", _Refusal(
+        code, f"launched {len(result.ids)} of {result.asked}; tried "
+              f"{describe_pools(result.tried)}" + (f": {message}" if message else "")))
+
+
 class Instances:
     """Launch, list, tag and terminate the instances of one cluster."""
 
@@ -132,34 +216,94 @@ class Instances:
         return sorted(out, key=lambda i: (i.launch_time, _ip_key(i.private_ip), i.instance_id))
 
     def launch(self, req: LaunchRequest) -> list[str]:
-        """Make sure `req.count` instances of launch `req.token` exist, in ONE create_fleet call.
+        """Make sure `req.count` instances of launch `req.token` exist (launch_some), or
+        raise a CloudError naming the pools that refused. Returns all instance ids of the
+        launch, in launch order."""
+        result = self.launch_some(req)
+        if result.missing:
+            raise shortfall(result)
+        return result.ids
 
-        Instances already tagged with the token count (a resumed launch); only the rest
-        are launched. Returns all instance ids of the launch, in launch order.
-        """
+    def launch_some(self, req: LaunchRequest) -> LaunchResult:
+        """Launch what capacity allows of `req.count` instances of launch `req.token`.
+
+        One CreateFleet for all the missing instances over every (type, subnet) pool;
+        when EC2 launches fewer, again for the rest without the pools that refused for
+        capacity, until the count is met or every pool failed; then, with
+        `req.spot_fallback`, the same on-demand. Instances already tagged with the token
+        count (a resumed launch). Any other refusal that launches nothing raises."""
         have = self.instances(launch_token=req.token)
-        missing = req.count - len(have)
-        if missing <= 0:
-            return [i.instance_id for i in have]
-        kwargs = self._fleet_request(req, missing, f"{req.token}-{len(have)}")
-        resp = while_profile_propagates(lambda attempt: self._create_fleet(kwargs, attempt))
-        new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
-        if len(new) < missing:
-            errors = resp.get("Errors") or [{"ErrorCode": "InsufficientInstanceCapacity",
-                                             "ErrorMessage": f"launched {len(new)} of {missing}"}]
-            e = errors[0]
-            raise explain_client_error("ec2:CreateFleet",
-                                       _Refusal(e.get("ErrorCode", "?"), e.get("ErrorMessage", "")))
-        return [i.instance_id for i in have] + new
+        result = LaunchResult([i.instance_id for i in have], req.count)
+        lifecycles = ["spot", "on-demand"] if req.spot and req.spot_fallback else \
+            ["spot" if req.spot else "on-demand"]
+        for lifecycle in lifecycles:
+            pools = self._pools(req, lifecycle)
+            while result.missing:
+                offer = [p for p in pools if _pool(p, lifecycle) not in result.failed]
+                if not offer:
+                    break
+                self._launch_once(req, lifecycle, offer, result)
+        return result
 
-    def _fleet_request(self, req: LaunchRequest, missing: int, client_token: str) -> dict:
-        """The CreateFleet arguments: one override per (type, subnet), spot or on-demand."""
+    def _pools(self, req: LaunchRequest, lifecycle: str) -> list:
+        """(type, subnet) pairs in preference order, without the avoided ones while others
+        remain."""
         subnets = req.subnets[:1] if req.placement_group else req.subnets  # a cluster PG is one AZ
         pools = [(itype, sub) for itype in req.instance_types for sub in subnets]
         kept = [(t, sub) for t, sub in pools
-                if not {(t, sub.get("AvailabilityZone", "")), (t, "")} & req.avoid]
+                if not {(t, sub.get("AvailabilityZone", "")), (t, ""),
+                        (t, sub.get("AvailabilityZone", ""), lifecycle)} & req.avoid]
+        return kept or pools
+
+    def _launch_once(self, req: LaunchRequest, lifecycle: str, offer: list,
+                     result: LaunchResult) -> None:
+        """One CreateFleet for everything missing over `offer`; records what it launched and
+        which pools refused. Each call launches something or marks a pool failed."""
+        missing, spot = result.missing, lifecycle == "spot"
+        for p in offer:
+            if _pool(p, lifecycle) not in result.tried:
+                result.tried.append(_pool(p, lifecycle))
+        kwargs = self._fleet_request(req, missing, "", offer, spot)
+        digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:8]
+        # a retry with other pools is another request: on AWS, another ClientToken
+        kwargs["ClientToken"] = f"{req.token}-{len(result.ids)}-{digest}"[:64]
+        try:
+            resp = while_profile_propagates(lambda attempt: self._create_fleet(kwargs, attempt))
+        except _CapacityRefused as err:
+            for p in offer:
+                result.failed[_pool(p, lifecycle)] = (err.code, err.message)
+            return
+        new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
+        result.ids += new
+        result.new += new
+        if req.spot and not spot:
+            result.on_demand += new
+        errors = resp.get("Errors") or []
+        other = next(((e.get("ErrorCode", "?"), e.get("ErrorMessage", "")) for e in errors
+                      if e.get("ErrorCode") not in CAPACITY_ERRORS), None)
+        if not new and other is not None and \
+                not any(e.get("ErrorCode") in CAPACITY_ERRORS for e in errors):
+            raise explain_client_error("ec2:CreateFleet", _Refusal(*other))  # not capacity
+        marked = 0
+        for e in errors:
+            overrides = (e.get("LaunchTemplateAndOverrides") or {}).get("Overrides") or {}
+            for p in offer:
+                if _names(overrides, p) and _pool(p, lifecycle) not in result.failed:
+                    result.failed[_pool(p, lifecycle)] = (e.get("ErrorCode", "?"),
+                                                          e.get("ErrorMessage", ""))
+                    marked += 1
+        if len(new) < missing and not marked:
+            for p in offer:   # EC2 did not say which pools ran short: all of them did
+                result.failed[_pool(p, lifecycle)] = (
+                    "InsufficientInstanceCapacity", f"launched {len(new)} of {missing}")
+
+    def _fleet_request(self, req: LaunchRequest, missing: int, client_token: str,
+                       pools: list | None = None, spot: bool | None = None) -> dict:
+        """The CreateFleet arguments: one override per (type, subnet), spot or on-demand."""
+        spot = req.spot if spot is None else spot
         overrides = []
-        for itype, sub in kept or pools:
+        for itype, sub in self._pools(req, "spot" if spot else "on-demand") \
+                if pools is None else pools:
             o = {"InstanceType": itype, "SubnetId": sub["SubnetId"]}
             if req.placement_group:
                 o["Placement"] = {"GroupName": req.placement_group}
@@ -174,11 +318,11 @@ class Instances:
                 "Overrides": overrides}],
             "TargetCapacitySpecification": {
                 "TotalTargetCapacity": missing,
-                "DefaultTargetCapacityType": "spot" if req.spot else "on-demand"},
+                "DefaultTargetCapacityType": "spot" if spot else "on-demand"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "fleet", "Tags": cluster_tags(self.cluster)}],
         }
-        if req.spot:
+        if spot:
             kwargs["SpotOptions"] = {"AllocationStrategy": "capacity-optimized"}
         else:
             kwargs["OnDemandOptions"] = {"AllocationStrategy": "lowest-price"}
@@ -193,6 +337,9 @@ class Instances:
         except ClientError as err:
             if _profile_not_ready(error_code(err), err.response["Error"].get("Message", "")):
                 raise ProfileNotReady() from err
+            if error_code(err) in CAPACITY_ERRORS:
+                raise _CapacityRefused(error_code(err),
+                                       err.response["Error"].get("Message", "")) from err
             raise explain_client_error("ec2:CreateFleet", err) from err
         new = [iid for grp in resp.get("Instances", []) for iid in grp.get("InstanceIds", [])]
         if not new and any(_profile_not_ready(e.get("ErrorCode", ""), e.get("ErrorMessage", ""))

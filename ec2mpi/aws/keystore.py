@@ -151,17 +151,21 @@ class KeyStore:
                                  "the cluster") from None
             raise explain_client_error("s3:GetObject", err) from err
 
-    def list(self, cluster: str, sub: str = "") -> list[str]:
-        keys, kwargs = [], {}
+    def objects(self, cluster: str, sub: str = "") -> list[dict]:
+        """Every object under clusters/NAME/SUB (Key, Size, ...)."""
+        out, kwargs = [], {}
         if not self.exists():
-            return keys
+            return out
         while True:
             resp = self._call("s3:ListObjectsV2", "list_objects_v2",
                               Prefix=self.prefix(cluster) + sub, **kwargs)
-            keys += [o["Key"] for o in resp.get("Contents", [])]
+            out += resp.get("Contents", [])
             if not resp.get("IsTruncated"):
-                return keys
+                return out
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def list(self, cluster: str, sub: str = "") -> list[str]:
+        return [o["Key"] for o in self.objects(cluster, sub)]
 
     def delete_prefix(self, cluster: str) -> list[str]:
         """Delete every object under clusters/NAME/ (keys, wheel, s3fs shared data)."""

@@ -37,13 +37,32 @@ from ..errors import CloudError, UserError, explain_client_error
 from .session import AwsSession, ClientError, error_code
 
 MEMBERS_INDEX = "members"
-NODE_STATES = ("booting", "ready", "draining", "lost")
+NODE_STATES = ("booting", "ready", "draining", "lost", "failed")   # failed: boot gave up
 LIFECYCLES = ("spot", "on-demand")
 ROLES = ("master", "worker")
 _ser, _de = TypeSerializer(), TypeDeserializer()
 _INSTANCE = re.compile(r"^i-[0-9a-f]{8,17}$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+_ZONE = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+[a-z]$")
+AVOID_SECONDS = 600.0      # a pool that refused for capacity is left out this long
+AVOID_MAX = 200            # entries kept in the master state's `avoid` map
+_AVOID_SEP = "@"
+
+
+def avoided(master_state: dict, now: float | None = None) -> dict:
+    """The capacity pools the master state says to avoid: (type, AZ, lifecycle) -> until
+    (epoch seconds), unexpired and well-formed entries only (the master writes them too)."""
+    now = time.time() if now is None else now
+    raw = master_state.get("avoid")
+    out: dict = {}
+    for key, until in (raw.items() if isinstance(raw, dict) else ()):
+        parts = str(key).split(_AVOID_SEP)
+        if (len(parts) == 3 and _TYPE.match(parts[0]) and _ZONE.match(parts[1])
+                and parts[2] in LIFECYCLES and isinstance(until, (int, float))
+                and until > now):
+            out[tuple(parts)] = float(until)
+    return out
 
 
 def cluster_key(name: str) -> dict:
@@ -101,7 +120,7 @@ class Node:
     slots: int
     lifecycle: str = "spot"   # spot | on-demand
     instance_type: str = ""
-    state: str = "booting"    # booting | ready | draining | lost
+    state: str = "booting"    # booting | ready | draining | lost | failed
     heartbeat: int = 0
     updated: int = 0
     reason: str = ""          # why the node is lost or draining, said to the user
@@ -284,6 +303,20 @@ class Registry:
             raise NoSuchCluster(f"no cluster named {name!r}", "it was destroyed") from None
         if bump:
             self._bump(name)
+
+    def avoid_pools(self, name: str, pools, seconds: float = AVOID_SECONDS,
+                    bump: bool = True) -> dict:
+        """Record capacity pools that just refused a launch, (type, AZ, lifecycle): create,
+        add-nodes, resize and healing leave them out for `seconds`. The master state's
+        `avoid` map is read, merged (expired entries dropped) and written back; a lost race
+        with another writer only costs one pool an early retry. Returns the map written."""
+        now = time.time()
+        merged = avoided(self.master_state(name), now)
+        merged.update({tuple(p): now + seconds for p in pools})
+        avoid = {_AVOID_SEP.join(p): int(until) for p, until in
+                 sorted(merged.items(), key=lambda kv: -kv[1])[:AVOID_MAX]}
+        self.update_master(name, bump=bump, avoid=avoid)
+        return avoid
 
     # -- nodes ------------------------------------------------------------------
     def nodes(self, name: str, validate: bool = True) -> list[Node]:

@@ -39,6 +39,12 @@ def encrypted_root(image: dict) -> list[dict]:
                                          "Encrypted": True, "DeleteOnTermination": True}}]
 
 
+def cpu_architecture(type_info: dict) -> str:
+    """A DescribeInstanceTypes entry's architecture: x86_64 for types that also run i386."""
+    archs = (type_info.get("ProcessorInfo") or {}).get("SupportedArchitectures") or ["x86_64"]
+    return "x86_64" if "x86_64" in archs else archs[0]
+
+
 def launch_template_data(cluster: str, image_id: str, profile_arn: str, sg: str, user_data: str,
                          block_devices: list[dict]) -> dict:
     """The LaunchTemplateData of a node's template (pure: unit tests check it against the
@@ -69,6 +75,32 @@ class Templates:
 
     def check_instance_types(self, types) -> dict:
         """Unknown types are the user's mistake: say which. Returns type -> vCPUs."""
+        return {t: info.get("VCpuInfo", {}).get("DefaultVCpus", 1)
+                for t, info in self.describe_types(types).items()}
+
+    def architecture(self, types) -> str:
+        """The one CPU architecture of these types (x86_64, arm64, ...), from
+        DescribeInstanceTypes: one image boots them all. A list that mixes architectures
+        is the user's mistake (UserError)."""
+        info = self.describe_types(types)
+        archs = {t: cpu_architecture(info[t]) for t in types if t in info}
+        if len(set(archs.values())) > 1:
+            raise UserError(
+                "instance types mix CPU architectures: " + ", ".join(
+                    f"{t} ({a})" for t, a in archs.items()) + "; one image cannot boot them all",
+                "use types of one architecture, e.g. c7g.large,c6g.large (Graviton, arm64) "
+                "or c6i.large,c6a.large (x86_64)")
+        return next(iter(archs.values()), "x86_64")
+
+    def describe_types(self, types) -> dict:
+        """type -> its DescribeInstanceTypes entry (asked once per set of types)."""
+        key = tuple(sorted(set(types)))
+        cache = self.__dict__.setdefault("_types", {})
+        if key not in cache:
+            cache[key] = self._describe_types(list(key))
+        return cache[key]
+
+    def _describe_types(self, types) -> dict:
         try:
             resp = self.ec2.describe_instance_types(InstanceTypes=list(types))
         except ClientError as err:
@@ -81,10 +113,7 @@ class Templates:
                     "use EC2 type names available there, e.g. c6i.large",
                 ) from None
             raise explain_client_error("ec2:DescribeInstanceTypes", err) from err
-        return {
-            t["InstanceType"]: t.get("VCpuInfo", {}).get("DefaultVCpus", 1)
-            for t in resp["InstanceTypes"]
-        }
+        return {t["InstanceType"]: t for t in resp["InstanceTypes"]}
 
     def resolve_image(self, image_id: str | None, parameter: str) -> str:
         if image_id:

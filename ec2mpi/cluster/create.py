@@ -16,17 +16,21 @@ from ..aws.jobrole import JobRole, job_role_arn
 from ..aws.network import Network
 from ..aws.storage import NFS_PORT, Efs
 from ..aws.templates import PLACEMENT_UNSUPPORTED, Templates
-from ..config import DEFAULT_IMAGE_PARAMETER, NODE_PREFIX, REGISTRY_TABLE, ClusterSpec
+from ..config import DEFAULT_IMAGE_PARAMETERS, NODE_PREFIX, REGISTRY_TABLE, ClusterSpec
 from ..errors import UserError
 from ..userdata import UserDataParams, render
+from . import capacity
 from .inspect import status as inspect_status
 from .model import ClusterStatus, run_steps
 from .wait import wait_ready
 
 
-def create(ops, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
+def create(ops, spec: ClusterSpec, wait: bool, timeout: float,
+           min_nodes: int | None = None) -> ClusterStatus:
     """Create the cluster, resume a half-made one, or, for one that exists with the same
-    settings, just wait for its nodes: re-running create is always safe."""
+    settings, just wait for its nodes: re-running create is always safe. With fewer than
+    `min_nodes` (default: all) launched, the launch is undone (capacity.settle)."""
+    needed = capacity.needed_nodes(min_nodes, spec.nodes)
     region = ops.preflight()
     item = ops.registry.get_cluster(spec.name) if ops.table_exists() else None
     if item is not None and not spec.ssh_cidr:   # a re-run keeps the cluster's SSH range
@@ -35,16 +39,26 @@ def create(ops, spec: ClusterSpec, wait: bool, timeout: float) -> ClusterStatus:
     if item is not None and item.get("status") not in ("creating", "destroying"):
         return existing(ops, item, spec, wait, timeout)
     run = Creation(ops, spec, region, item)
+    run.needed = needed
     run.check()
     run_steps(run.steps(wait, timeout), ops.say)
-    return inspect_status(ops, spec.name)
+    status = inspect_status(ops, spec.name)
+    if run.report is not None and run.report.eventful:
+        run.report.per_hour = status.cost.per_hour if status.cost else None
+        status.launch = run.report
+    return status
 
 
-def differences(old: ClusterSpec, new: ClusterSpec) -> list[str]:
+# What a re-run may change in a half-made cluster: nothing running depends on them yet (the
+# launch templates name no type; a new type list must keep the architecture, checked).
+RESUME_MAY_CHANGE = ("spot_fallback", "instance_types")
+
+
+def differences(old: ClusterSpec, new: ClusterSpec, ignore=()) -> list[str]:
     """'nodes 4 (asked 6)', one per setting that differs."""
     mine, theirs = old.to_mapping(), new.to_mapping()
     return [f"{key.replace('_', '-')} {_show(mine[key])} (asked {_show(theirs[key])})"
-            for key in mine if mine[key] != theirs[key]]
+            for key in mine if mine[key] != theirs.get(key) and key not in ignore]
 
 
 def _show(value) -> str:
@@ -81,6 +95,8 @@ def replace_lost_master(ops, spec: ClusterSpec, item: dict) -> str | None:
     master = inspect_status(ops, name, with_cost=False).master
     if master is not None and master.state not in ("lost", "terminated", "invalid"):
         return None
+    if master is None and not item.get("master"):
+        return None     # never had one yet: create launches it
     token = item.get("master_token") or f"master-{uuid.uuid4().hex}"
     ops.registry.update_cluster(name, master_token=token)
     lt = Templates(ops.aws, name).find_launch_template("master")
@@ -88,9 +104,12 @@ def replace_lost_master(ops, spec: ClusterSpec, item: dict) -> str | None:
         raise UserError(f"cluster {name!r} has no master launch template",
                         f"destroy and re-create it: ec2mpi destroy {name}")
     subnets = Network(ops.aws, name).subnets(spec.subnet_ids)
-    ops.say(0, 0, f"the master of {name} is lost: launching a new one")
+    stopped = ops.registry.master_state(name).get("stopped_at")
+    ops.say(0, 0, f"{name} was stopped by autostop: launching its master" if stopped
+            else f"the master of {name} is lost: launching a new one")
     new = Instances(ops.aws, name).launch(LaunchRequest(
-        lt, 1, token, spec.instance_types, tuple(subnets), spot=spec.master_spot, role="master"))
+        lt, 1, token, spec.instance_types, tuple(subnets), spot=spec.master_spot, role="master",
+        spot_fallback=spec.spot_fallback == "on-demand"))
     ops.registry.update_cluster(name, master=new[0], master_token="")
     return new[0]
 
@@ -131,10 +150,16 @@ class Creation:
         self.roles: dict = {}          # kind -> (profile ARN, role ARN, role id)
         self.lts: dict = {}            # kind -> launch template id
         self.ids: list = []
+        self.needed = spec.nodes       # --min-nodes: fewer launched undoes the launch
+        self.report = None             # the launch's LaunchReport
+        self.arch = "x86_64"           # of the instance types: the default image follows it
 
     def check(self) -> None:
         """Everything that can refuse before anything is made."""
-        self.templates.check_instance_types(self.spec.instance_types)
+        self.arch = self.templates.architecture(self.spec.instance_types)
+        if not self.spec.image_id and self.arch not in DEFAULT_IMAGE_PARAMETERS:
+            raise UserError(f"no default image for {self.arch} instance types",
+                            "pass --image with an AMI for them")
         self.subnets = self.network.subnets(self.spec.subnet_ids)
         if self.item is not None:
             self._check_resumable(self.item)
@@ -144,11 +169,19 @@ class Creation:
         if status == "destroying":
             raise UserError(f"cluster {name!r} is being destroyed",
                             f"re-run 'ec2mpi destroy {name}' first")
-        diff = differences(ClusterSpec.from_json(item["spec"]), self.spec)
+        stored = ClusterSpec.from_json(item["spec"])
+        diff = differences(stored, self.spec, ignore=RESUME_MAY_CHANGE)
         if diff:
             raise UserError(f"cluster {name!r} is half-created with different settings: "
                             + "; ".join(diff),
                             f"re-run create with the same settings, or destroy it first: "
+                            f"ec2mpi destroy {name}")
+        if stored.instance_types != self.spec.instance_types \
+                and self.templates.architecture(stored.instance_types) != self.arch:
+            raise UserError(f"cluster {name!r} is half-created for "
+                            f"{self.templates.architecture(stored.instance_types)} instance "
+                            f"types, not {self.arch}",
+                            f"use types of that architecture, or destroy it first: "
                             f"ec2mpi destroy {name}")
         self.ops.say(0, 0, f"resuming the half-made cluster {name}")
 
@@ -175,6 +208,8 @@ class Creation:
         if self.item is None:
             reg.create_cluster(self.spec.name, self.spec.to_json(), status="creating")
             self.item = {}
+        elif self.item.get("spec") != self.spec.to_json():   # RESUME_MAY_CHANGE
+            reg.update_cluster(self.spec.name, spec=self.spec.to_json())
         if not self.item.get("launch_token"):
             self.item["launch_token"] = uuid.uuid4().hex
             reg.update_cluster(self.spec.name, launch_token=self.item["launch_token"])
@@ -234,7 +269,8 @@ class Creation:
         """One per kind of node; then the master's policy names the worker template, the only
         one it may launch from."""
         spec, aws = self.spec, self.ops.aws
-        image = self.templates.resolve_image(spec.image_id, DEFAULT_IMAGE_PARAMETER)
+        image = self.templates.resolve_image(spec.image_id,
+                                             DEFAULT_IMAGE_PARAMETERS.get(self.arch, ""))
         for kind in ("worker", "master"):
             params = UserDataParams(
                 cluster=spec.name, region=self.region, bucket=self.ops.keystore.bucket,
@@ -247,25 +283,38 @@ class Creation:
             worker_role_arn=self.roles["worker"][1], launch_template_id=self.lts["worker"])))
 
     def launch(self) -> str:
-        """The master (on-demand unless --master-spot) and the workers: one call each."""
-        spec, token = self.spec, self.item["launch_token"]
+        """The master (on-demand unless --master-spot) and the workers: one call each while
+        capacity lasts (capacity.launch fails over). Fewer than `needed`: undone."""
+        spec, token, name = self.spec, self.item["launch_token"], self.spec.name
         pg = placement_group(self.ops, self.templates, spec)
-        master = self.instances.launch(LaunchRequest(
+        fallback = spec.spot_fallback == "on-demand"
+        master = capacity.launch(self.ops, name, LaunchRequest(
             self.lts["master"], 1, f"{token}-master", spec.instance_types, tuple(self.subnets),
-            spot=spec.master_spot, role="master", placement_group=pg))
-        self.ops.registry.update_cluster(spec.name, master=master[0])
-        workers = []
-        if spec.nodes > 1:
-            workers = self.instances.launch(LaunchRequest(
-                self.lts["worker"], spec.nodes - 1, f"{token}-worker", spec.instance_types,
-                tuple(self.subnets), spot=spec.spot, placement_group=pg))
-        self.ids = master + workers
-        return f"launched {len(self.ids)} node(s)"
+            spot=spec.master_spot, role="master", placement_group=pg, spot_fallback=fallback))
+        launches = [(master, spec.master_spot)]
+        if master.ids:
+            self.ops.registry.update_cluster(name, master=master.ids[0])
+            if spec.nodes > 1:
+                launches.append((capacity.launch(self.ops, name, LaunchRequest(
+                    self.lts["worker"], spec.nodes - 1, f"{token}-worker", spec.instance_types,
+                    tuple(self.subnets), spot=spec.spot, placement_group=pg,
+                    spot_fallback=fallback)), spec.spot))
+        results = [r for r, _ in launches]
+        self.ids = [i for r in results for i in r.ids]
+        self.report = capacity.report(launches, spec.nodes, spec.keeps_size)
+        capacity.settle(self.ops, name, results, self.report, self.needed, f"create {name}",
+                        spec.spot and not fallback, undo=self._forget_launch)
+        return f"launched {len(self.ids)} of {spec.nodes} node(s)"
+
+    def _forget_launch(self) -> None:
+        """The launch was undone: a re-run launches afresh, under a new token."""
+        self.ops.registry.update_cluster(self.spec.name, launch_token="", master="")
 
     def mark_ready(self) -> None:
         self.ops.registry.update_cluster(self.spec.name, status="ready")
         self.ops.registry.update_master(self.spec.name, bump=True, target=self.spec.nodes,
-                                        keep_size=self.spec.keeps_size)
+                                        keep_size=self.spec.keeps_size,
+                                        autostop=self.spec.autostop_seconds)
 
     def wait(self, wait: bool, timeout: float) -> None:
         if wait:

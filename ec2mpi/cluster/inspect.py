@@ -46,7 +46,31 @@ def status(ops, name: str, with_cost: bool = True) -> ClusterStatus:
                        nodes, master_state=ops.registry.master_state(name))
     if with_cost:
         st.cost = cost_of(ops, nodes)
+        if st.stopped:
+            st.storage_month = storage_cost_per_month(ops, name, spec)
     return st
+
+
+EFS_GB_MONTH = 0.30   # USD, EFS Standard, us-east-1 (list price; other regions differ a little)
+S3_GB_MONTH = 0.023   # USD, S3 Standard
+
+
+def storage_cost_per_month(ops, name: str, spec) -> float | None:
+    """What a stopped cluster still costs: its shared storage (keys, registry items and the
+    bucket's few objects are cents). None when the size cannot be read."""
+    gib = 1024 ** 3
+    try:
+        if spec.storage == "efs":
+            from ..aws.storage import Efs
+            fs = Efs(ops.aws, name).find()
+            return round((fs or {}).get("SizeInBytes", {}).get("Value", 0) / gib
+                         * EFS_GB_MONTH, 2)
+        if spec.storage == "s3fs":
+            size = sum(o.get("Size", 0) for o in ops.keystore.objects(name, "shared/"))
+            return round(size / gib * S3_GB_MONTH, 2)
+    except Exception:  # noqa: BLE001 - a figure for the user, never a failure
+        return None
+    return 0.0
 
 
 def _node_status(n, inst, now: float) -> NodeStatus:

@@ -26,15 +26,20 @@ class ClusterManager:
         self.ops = Orchestrator(aws, progress)   # session, adapters, settings (poll_interval, ...)
 
     # -- lifecycle (one module each) --------------------------------------------
-    def create(self, spec: ClusterSpec, wait: bool = True, timeout: float = 900.0) -> ClusterStatus:
-        return _create.create(self.ops, spec, wait, timeout)
+    # min_nodes (default: all) and spot_fallback: capacity failover, see cluster/capacity.py
+    def create(self, spec: ClusterSpec, wait: bool = True, timeout: float = 900.0,
+               min_nodes: int | None = None) -> ClusterStatus:
+        return _create.create(self.ops, spec, wait, timeout, min_nodes)
 
-    def add_nodes(self, name: str, count: int, wait: bool = True, timeout: float = 900.0) -> list:
-        return _resize.add_nodes(self.ops, name, count, wait, timeout)
+    def add_nodes(self, name: str, count: int, wait: bool = True, timeout: float = 900.0,
+                  min_nodes: int | None = None, spot_fallback: str | None = None) -> list:
+        return _resize.add_nodes(self.ops, name, count, wait, timeout, min_nodes, spot_fallback)
 
     def resize(self, name: str, target: int, wait: bool = True, timeout: float = 900.0,
-               confirm=None) -> Resize:
-        return _resize.resize(self.ops, name, target, wait, timeout, confirm)
+               confirm=None, min_nodes: int | None = None,
+               spot_fallback: str | None = None) -> Resize:
+        return _resize.resize(self.ops, name, target, wait, timeout, confirm, min_nodes,
+                              spot_fallback)
 
     def plan_removal(self, name: str, count: int | None = None,
                      instance_ids: list | None = None) -> Removal:
@@ -51,6 +56,13 @@ class ClusterManager:
     def wait_ready(self, name: str, ids: list, timeout: float) -> None:
         """Until these nodes are ready and in the master's hostfile (WaitTimeout names the rest)."""
         _wait.wait_ready(self.ops, name, ids, timeout)
+
+    def set_autostop(self, name: str, seconds: int) -> dict:
+        """Stop the cluster after `seconds` idle (0: never); the master reads it at once.
+        Returns the master state as it now is."""
+        self.ops.require(name)
+        self.ops.registry.update_master(name, bump=True, autostop=int(seconds))
+        return self.ops.registry.master_state(name)
 
     def status(self, name: str, with_cost: bool = True) -> ClusterStatus:
         return _inspect.status(self.ops, name, with_cost)

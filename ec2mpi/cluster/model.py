@@ -62,6 +62,14 @@ class ClusterStatus:
     cost: CostEstimate | None = None
     master_state: dict = field(default_factory=dict)   # target size, healing, autostop
     notice: str = ""              # a line for the user (e.g. create found it already made)
+    launch: LaunchReport | None = None   # what create's launch got, when capacity ran short
+    storage_month: float | None = None   # USD/month a stopped cluster still costs (storage)
+
+    @property
+    def stopped(self) -> bool:
+        """Autostop stopped it, and no node runs (a resize brings it back)."""
+        return bool(self.master_state.get("stopped_at")) and not any(
+            n.state in ("ready", "booting", "pending", "draining") for n in self.nodes)
 
     @property
     def ready(self) -> int:
@@ -70,6 +78,33 @@ class ClusterStatus:
     @property
     def master(self) -> NodeStatus | None:
         return next((n for n in self.nodes if n.role == "master"), None)
+
+
+@dataclass
+class LaunchReport:
+    """What a launch of create, add-nodes or resize got when capacity ran short."""
+    asked: int                    # nodes the command launched for
+    launched: int                 # nodes it got
+    spot: int = 0
+    on_demand: int = 0            # of those, on-demand because spot ran out (--spot-fallback)
+    failed: list = field(default_factory=list)   # [type, AZ, lifecycle, error code] refused
+    tried: str = ""               # the pools tried, said to the user
+    keeps_trying: bool = False    # keep-size: the master launches the missing ones
+    per_hour: float | None = None  # the cluster's cost per hour after the launch
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.asked - self.launched)
+
+    @property
+    def eventful(self) -> bool:
+        """Worth a line to the user: a pool refused or nodes are missing."""
+        return bool(self.failed or self.missing)
+
+
+class NodeIds(list):
+    """The instance ids add-nodes launched (a list), with its LaunchReport as `launch`."""
+    launch: LaunchReport | None = None
 
 
 @dataclass
@@ -99,6 +134,7 @@ class Resize:
     added: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     cancelled: bool = False
+    launch: LaunchReport | None = None   # what its launch got, when capacity ran short
 
 
 @dataclass

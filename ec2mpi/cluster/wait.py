@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..errors import WaitTimeout
+from ..errors import BootFailed, WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,15 @@ def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
     want = set(ids)
     deadline = time.monotonic() + timeout
     while True:
-        ready = {n.instance_id for n in ops.registry.nodes(name) if n.state == "ready"} & want
+        nodes = [n for n in ops.registry.nodes(name) if n.instance_id in want]
+        ready = {n.instance_id for n in nodes if n.state == "ready"}
+        failed = [n for n in nodes if n.state == "failed"]
+        if failed:
+            raise BootFailed(
+                f"{len(failed)} of {len(want)} node(s) failed to boot: "
+                f"{failed[0].instance_id}: {failed[0].reason or 'no reason recorded'}",
+                f"see its boot log: ec2mpi logs {failed[0].instance_id} --console -c {name}; "
+                f"remove it with: ec2mpi remove-nodes --node {failed[0].instance_id} -c {name}")
         ops.say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
         if ready == want:
             if hostfile_caught_up(ops, name):

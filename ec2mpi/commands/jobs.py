@@ -89,10 +89,18 @@ def cmd_jobs(ctx, a) -> Result:
     jobs = _on_master(ctx, name, f"{AGENT} job list")
     rows = [[j["id"], j["kind"], j["state"] + (f" ({j['exit_status']})"
                                                  if j["exit_status"] is not None else ""),
-             j["restarts"], j["nodes"], _age(j["age_s"]), j["command"][:50]] for j in jobs]
+             j["restarts"], j["nodes"], _age(j["age_s"]), _what(j)[:50]] for j in jobs]
     text = output.table(["ID", "KIND", "STATE", "RESTARTS", "NODES", "AGE", "COMMAND"], rows) \
         if rows else f"no jobs on {name} yet (start one with: ec2mpi run -- COMMAND)"
     return Result({"cluster": name, "jobs": jobs}, text)
+
+
+def _what(job: dict) -> str:
+    """The command; for a farm, its task file and progress (done/total, failed)."""
+    p = job.get("progress") or {}
+    if job.get("kind") != "farm" or "total" not in p:
+        return job["command"]
+    return f"{job['command']}: {p['done']}/{p['total']} done, {p['failed']} failed"
 
 
 def _age(seconds: float) -> str:

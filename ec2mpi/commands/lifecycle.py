@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import output, userdirs
-from ..config import ClusterSpec, validate_name
+from ..config import ClusterSpec, format_duration, validate_name
 from ..errors import Ec2mpiError, UserError
 from .context import Context, Result
 
@@ -24,13 +24,30 @@ def spec_from_args(
              "placement_group": args.placement_group, "region": getattr(args, "region", None),
              "keep_size": getattr(args, "keep_size", None),
              "master_spot": getattr(args, "master_spot", None),
-             "job_policy_arns": getattr(args, "job_policy_arn", None)}
+             "job_policy_arns": getattr(args, "job_policy_arn", None),
+             "spot_fallback": getattr(args, "spot_fallback", None),
+             "autostop": getattr(args, "autostop", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     data["name"] = args.name
     if local_info is not None:
         data["region"] = local_info.region
         data.setdefault("ssh_cidr", local_info.ssh_cidr)
     return ClusterSpec.from_mapping(data)
+
+
+def _image(ctx, image: str | None, local: bool) -> str | None:
+    """--image: an AMI id, or a name. `stock` is the default Amazon Linux 2023 (every install
+    step runs at boot); on the local cloud `baked` (the default there) and `stock` are its
+    two registered images."""
+    if image and image.startswith("ami-"):
+        return image
+    if not local:
+        if image in (None, "stock"):
+            return None
+        raise UserError(f"--image {image!r} is not an AMI id",
+                        "give ami-..., or 'stock' for the latest Amazon Linux 2023")
+    from ..localcloud.image import find_image
+    return find_image(ctx.aws.client("ec2"), image or "baked")
 
 
 def read_template(path: str | None) -> dict:
@@ -47,6 +64,9 @@ def cmd_create(ctx: Context, a) -> Result:
         a = ctx.dialog(ctx, a)
         if a is None:
             return Result(text="create cancelled; nothing was made")
+    if getattr(a, "check", False) and a.no_wait:
+        raise UserError("create --check needs the nodes ready", "drop --no-wait (or run "
+                        "'ec2mpi check' once 'ec2mpi status' shows them ready)")
     template, defaults = read_template(a.template), userdirs.user_defaults()
     region = a.region or template.get("region") or defaults.get("region")
     if region and not a.local:
@@ -54,17 +74,48 @@ def cmd_create(ctx: Context, a) -> Result:
     ctx.args = a
     if a.local:
         _ = ctx.aws  # bring the local cloud up first: it fixes the region and the SSH range
+    a.image = _image(ctx, a.image, bool(a.local))
     spec = spec_from_args(a, template, defaults, ctx.local_info if a.local else None)
+    if spec.storage == "none" and spec.autostop and not ctx.confirm(
+            f"autostop after {format_duration(spec.autostop)} idle, with --storage none: job "
+            "output on the master's disk is lost when the cluster stops. Go on?"):
+        return Result(text="create cancelled; nothing was made")
     bar = ctx.progress(f"create {spec.name}")
     try:
-        status = ctx.manager(progress=bar).create(spec, wait=not a.no_wait, timeout=a.timeout)
+        status = ctx.manager(progress=bar).create(spec, wait=not a.no_wait, timeout=a.timeout,
+                                                  min_nodes=getattr(a, "min_nodes", None))
     finally:
         bar.finish()
     userdirs.remember_cluster(spec.name)
     text = output.format_status(status) + f"\nssh: open to {status.spec.ssh_cidr} only"
+    limit = status.spec.autostop_seconds
+    text += (f"\nautostop: after {format_duration(limit)} idle (change it with: ec2mpi "
+             f"autostop DURATION|off -c {spec.name})" if limit else
+             "\nautostop: off (the cluster runs until you destroy it)")
     if status.notice:
         text = status.notice + "\n" + text
+    if status.launch is not None:
+        text = f"capacity: {output.format_launch(status.launch)}\n" + text
+    if getattr(a, "check", False):    # the nodes are ready: the MPI check decides the exit status
+        from .check import after_create
+        return after_create(ctx, spec.name, Result(output.to_data(status), text))
     return Result(output.to_data(status), text)
+
+
+def cmd_autostop(ctx, a) -> Result:
+    name = ctx.cluster_name()
+    mgr = ctx.manager()
+    st = mgr.status(name, with_cost=False)
+    if a.duration and st.spec.storage == "none" and not ctx.confirm(
+            f"cluster {name} has no shared storage: job output on the master's disk is lost "
+            "when autostop stops it. Set autostop anyway?"):
+        return Result(text="autostop unchanged")
+    state = mgr.set_autostop(name, a.duration)
+    text = (f"cluster {name}: autostop after {format_duration(a.duration)} idle (no job, no "
+            "SSH session); keys, registry and shared storage stay, 'ec2mpi resize N' brings "
+            "it back" if a.duration else f"cluster {name}: autostop off")
+    return Result({"cluster": name, "autostop": a.duration,
+                   "idle_since": state.get("idle_since") or None}, text)
 
 
 def cmd_destroy(ctx, a) -> Result:

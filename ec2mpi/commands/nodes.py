@@ -12,17 +12,18 @@ def cmd_add_nodes(ctx, a) -> Result:
     bar = ctx.progress(f"add-nodes {name}")
     try:
         added = ctx.manager(progress=bar).add_nodes(
-            name, a.count, wait=not a.no_wait, timeout=a.timeout
-        )
+            name, a.count, wait=not a.no_wait, timeout=a.timeout,
+            min_nodes=getattr(a, "min_nodes", None),
+            spot_fallback=getattr(a, "spot_fallback", None))
     finally:
         bar.finish()
     ids = [getattr(x, "instance_id", x) for x in added]
-    return Result(
-        {"cluster": name, "added": ids},
-        f"added {len(ids)} node(s) to {name}: {', '.join(ids)}"
-        if ids
-        else f"no node added to {name}",
-    )
+    launch = getattr(added, "launch", None)
+    text = (f"added {len(ids)} node(s) to {name}: {', '.join(ids)}" if ids
+            else f"no node added to {name}")
+    if launch is not None:
+        text += f"\ncapacity: {output.format_launch(launch)}"
+    return Result({"cluster": name, "added": ids, "launch": output.to_data(launch)}, text)
 
 
 def cmd_remove_nodes(ctx, a) -> Result:
@@ -55,8 +56,10 @@ def cmd_resize(ctx, a) -> Result:
         return ctx.confirm(f"remove {len(plan.instance_ids)} node(s) from cluster {name}: "
                            f"{states}; saving about {output.money(plan.per_hour)}?")
     try:
-        done = ctx.manager(progress=bar).resize(name, a.count, wait=not a.no_wait,
-                                                 timeout=a.timeout, confirm=confirm)
+        done = ctx.manager(progress=bar).resize(
+            name, a.count, wait=not a.no_wait, timeout=a.timeout, confirm=confirm,
+            min_nodes=getattr(a, "min_nodes", None),
+            spot_fallback=getattr(a, "spot_fallback", None))
     finally:
         bar.finish()
     if done.cancelled:
@@ -68,6 +71,8 @@ def cmd_resize(ctx, a) -> Result:
         text = f"{change} (removed {', '.join(done.removed)})"
     else:
         text = f"cluster {name} has {done.target} node(s) already; nothing to do"
+    if done.launch is not None:
+        text += f"\ncapacity: {output.format_launch(done.launch)}"
     return Result(output.to_data(done), text)
 
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import (
+    SPOT_FALLBACKS,
     STORAGE_KINDS,
     parse_cidr,
     parse_count,
+    parse_duration,
     parse_instance_types,
     parse_policy_arns,
 )
-from . import access, files, help, jobs, lifecycle, local, nodes
+from . import access, farm, files, help, jobs, lifecycle, local, nodes
+from . import check as check_cmd
 from .context import Context, Result
 
 
@@ -79,6 +82,17 @@ GLOBAL_ARGS = (
         **ON),
 )
 
+# Capacity failover (cluster/capacity.py): what create, add-nodes and resize do when EC2
+# has too little capacity in every (type, AZ) pool.
+_CAPACITY_ARGS = (
+    Arg(("--spot-fallback",), "when spot capacity runs out in every type and zone: "
+        "'on-demand' launches the rest on-demand, 'none' (the default) does not",
+        choices=SPOT_FALLBACKS, dest="spot_fallback", complete="choices"),
+    Arg(("--min-nodes",), "succeed with at least M nodes (default: all) and say how many are "
+        "missing (with keep-size the master keeps trying); below M, the nodes launched are "
+        "terminated and the command fails", type=parse_count, metavar="M", dest="min_nodes"),
+)
+
 _WAIT_ARGS = (
     Arg(("--no-wait",), "return once launched, without waiting for nodes to be ready", **ON),
     Arg(("--timeout",), "seconds to wait for nodes to be ready (default 900)", type=float,
@@ -100,7 +114,9 @@ _CREATE_ARGS = (
     Arg(("--storage",), "shared storage at /shared", choices=STORAGE_KINDS, complete="choices"),
     Arg(("--ssh-cidr",), "addresses allowed to SSH in (default: yours)", type=parse_cidr,
         metavar="CIDR"),
-    Arg(("--image",), "AMI id (default: latest Amazon Linux 2023)", metavar="AMI"),
+    Arg(("--image",), "AMI id, or 'stock' (default: latest Amazon Linux 2023, which installs "
+        "Python, Open MPI and the agent at boot); the local cloud has 'baked' (its default) "
+        "and 'stock'", metavar="AMI"),
     Arg(("--keep-size",), "replace lost or interrupted nodes (the default for spot clusters)",
         action="store_const", const=True, dest="keep_size", group="keep"),
     Arg(("--no-keep-size",), "never replace lost nodes", action="store_const", const=False,
@@ -111,10 +127,15 @@ _CREATE_ARGS = (
         "from S3; comma-separated for several. Jobs get these rights through a job role, "
         "and none at all without this option", metavar="ARN", dest="job_policy_arn",
         type=parse_policy_arns),
+    Arg(("--autostop",), "stop the cluster after this long idle (no job, no SSH session): "
+        "minutes, or 90s, 45m, 2h; 'off' never. Default 1h with shared storage, off with "
+        "--storage none", type=parse_duration, metavar="DURATION"),
     Arg(("--placement-group",), "launch into a cluster placement group (low latency)",
         action="store_const", const=True),
     Arg(("--template",), "TOML cluster template (flags override it), e.g. examples/cluster.toml",
         metavar="FILE", complete="files"),
+    Arg(("--check",), "once the nodes are ready, run 'check' (exit status 1 if a node is slow "
+        "or unreachable)", **ON),
 )
 
 _NODE = Arg(("node",), "master, node-K, an instance id or IP (default: master)", nargs="?",
@@ -122,11 +143,11 @@ _NODE = Arg(("node",), "master, node-K, an instance id or IP (default: master)",
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("create", "create a cluster (spot by default) and wait for its nodes",
-            lifecycle.cmd_create, _CREATE_ARGS + _WAIT_ARGS, waits=True,
+            lifecycle.cmd_create, _CREATE_ARGS + _CAPACITY_ARGS + _WAIT_ARGS, waits=True,
             epilog="Precedence: user defaults (config.toml [defaults]) < --template < flags."),
     Command("add-nodes", "add N nodes to the cluster and wait for them", nodes.cmd_add_nodes,
             (Arg(("count",), "how many nodes to add", type=parse_count, metavar="N"),)
-            + _WAIT_ARGS, waits=True),
+            + _CAPACITY_ARGS + _WAIT_ARGS, waits=True),
     Command("remove-nodes", "remove N worker nodes, or the nodes named with --node",
             nodes.cmd_remove_nodes, (
                 Arg(("count",), "how many worker nodes to remove", type=parse_count, nargs="?",
@@ -137,10 +158,18 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("resize", "set the number of nodes (master included): adds or removes the difference",
             nodes.cmd_resize,
             (Arg(("count",), "the node count to reach", type=parse_count, metavar="N"),)
-            + _WAIT_ARGS, waits=True,
+            + _CAPACITY_ARGS + _WAIT_ARGS, waits=True,
             epilog="Safe to re-run: a resize interrupted by Ctrl-C or a crash never launches "
                    "twice. Shrinking asks first (or --yes) and removes lost, draining, then the "
                    "newest nodes."),
+    Command("autostop", "stop the cluster after DURATION idle (no job, no SSH session); "
+            "'off' keeps it running", lifecycle.cmd_autostop,
+            (Arg(("duration",), "minutes, or 90s, 45m, 2h; or off", type=parse_duration,
+                 metavar="DURATION|off"),),
+            epilog="Idle means no job or farm runs and no SSH session is open on any node. "
+                   "Stopping terminates every node (healing stops first); keys, registry and "
+                   "shared storage stay, and 'ec2mpi resize N' brings the cluster back with "
+                   "the same /shared. status shows the countdown."),
     Command("list", "list clusters (* marks the current one)", lifecycle.cmd_list),
     Command("status", "show the cluster's nodes, their state and the cost per hour",
             lifecycle.cmd_status),
@@ -166,6 +195,22 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                    "interrupted job gets the checkpoint signal, then runs again on the healed "
                    "cluster with EC2MPI_RESTART=<n> set. Example: ec2mpi run -np 8 "
                    "--restarts 2 -- python app.py"),
+    Command("farm", "run each line of TASKFILE as a task on some node (a supervised job)",
+            farm.cmd_farm, (
+                Arg(("taskfile",), "file with one shell command per line ('-': stdin)",
+                    nargs="?", metavar="TASKFILE", complete="files"),
+                Arg(("--retries",), "run a failing task up to K more times (default 0)",
+                    type=int, metavar="K"),
+                Arg(("--resume",), "go on with what farm ID has not done", metavar="ID"),
+                Arg(("--detach",), "print the farm's job id and return; it runs on", **ON),
+            ), epilog=farm.EPILOG),
+    Command("check", "an MPI check across every ready node: latency, bandwidth, allreduce, "
+            "versions; names slow nodes", check_cmd.cmd_check, (
+                Arg(("--drain-slow",), "remove the slow worker nodes (asks first, or --yes); "
+                    "with keep-size new nodes replace them", **ON),
+                Arg(("--timeout",), "seconds the check may take (default 300)", type=float,
+                    default=check_cmd.DEFAULT_TIMEOUT, metavar="SECONDS"),
+            ), epilog=check_cmd.EPILOG),
     Command("jobs", "list the cluster's jobs: state, restarts, nodes, age", jobs.cmd_jobs),
     Command("attach", "follow a job's output until it ends (its exit status is ours)",
             jobs.cmd_attach, (Arg(("id",), "job id (see 'jobs')", metavar="ID"),)),
@@ -198,13 +243,23 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             lifecycle.cmd_destroy,
             (Arg(("name",), "the cluster to destroy (always named explicitly)",
                  complete="clusters"),), destructive=True, waits=True),
-    Command("local", "the local cloud: up | down | status | interrupt ID | kill ID",
+    Command("local", "the local cloud: up | down | status | interrupt ID | kill ID | "
+            "slow ID [--off] | capacity [TYPE[@AZ] COUNT [--spot|--on-demand]]",
             local.cmd_local, (
                 Arg(("action",), "what to do",
-                    choices=("up", "down", "status", "interrupt", "kill"),
+                    choices=("up", "down", "status", "interrupt", "kill", "slow", "capacity"),
                     complete="choices"),
-                Arg(("instance_id",), "instance to interrupt or kill", nargs="?", metavar="ID",
-                    complete="nodes"),
+                Arg(("instance_id",), "instance to interrupt, kill or slow; for capacity: "
+                    "TYPE[@AZ], e.g. c6i.large@us-east-1a", nargs="?",
+                    metavar="ID", complete="nodes"),
+                Arg(("count",), "for capacity: how many instances the pool still has, or "
+                    "'unlimited'", nargs="?", metavar="COUNT"),
+                Arg(("--spot",), "with capacity: the spot pool only", action="store_const",
+                    const="spot", dest="lifecycle", group="lifecycle"),
+                Arg(("--on-demand",), "with capacity: the on-demand pool only",
+                    action="store_const", const="on-demand", dest="lifecycle",
+                    group="lifecycle"),
+                Arg(("--off",), "with slow: give the node its full link back", **ON),
             )),
     Command("help", "list the commands, or explain one", help.cmd_help,
             (Arg(("topic",), "a command name", nargs="?", metavar="COMMAND",

@@ -232,6 +232,48 @@ def kill(instance_id: str) -> None:
     _request_fault("kill", instance_id)
 
 
+def capacity(pool: dict | None = None) -> list[dict] | None:
+    """The control plane's EC2 capacity pools (fidelity_capacity.py): the list, or with
+    `pool` ({"type", "az", "lifecycle", "count"}, None = any / unlimited) set one first.
+    Setting brings the local cloud up; listing a cloud that is down gives None."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    if pool is not None:
+        info = ensure_up()
+    else:
+        info = _read_info(state_dir())
+        if not info or not _daemon_alive(info.pid):
+            return None
+    data = None if pool is None else json.dumps(pool).encode()
+    req = urllib.request.Request(info.endpoint + "/_ec2mpi/capacity", data=data,
+                                 method="GET" if pool is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10,
+                                    context=ssl.create_default_context(cafile=info.ca_path)) as r:
+            return json.load(r)["pools"]
+    except urllib.error.HTTPError as err:
+        try:
+            why = json.load(err).get("error", "")
+        except ValueError:
+            why = ""
+        raise UserError(f"the local cloud refused the capacity pool: {why or err}",
+                        "e.g. ec2mpi --local local capacity c6i.large@us-east-1a 0 --spot") \
+            from None
+    except OSError as err:
+        raise CloudError(f"cannot reach the local cloud's control plane: {err}",
+                         f"see {Path(info.state_dir) / 'daemon.log'}") from None
+
+
+SLOW_LINK = "tbf " + " ".join(nodes.SLOW_TBF)
+
+
+def slow(instance_id: str, off: bool = False) -> None:
+    """Slow the node's network link (tc tbf on its veth: SLOW_LINK), or with `off` restore it."""
+    _request_fault("slow", instance_id, off=off)
+
+
 def cleanup(state: Path) -> None:
     """Remove everything a local cloud (live or stale) left: nodes, control plane, bridge.
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from . import firewall, nodes
 from .control import REGION, LocalCloudInfo, session
 from .credentials import CredentialStore
-from .image import image_dir
+from .image import image_dir, register_images, wheelhouse
 from .names import NameServer
+from .pkgindex import PackageIndex, write_package_stubs
 
 POLL = 0.25            # how often the node runner looks at moto's instances (s)
 TERM_GRACE = 3.0       # SIGTERM -> SIGKILL on instance termination, like a shutdown
@@ -34,7 +35,7 @@ MOUNT_HOOK = """#!/usr/bin/python3
 # ec2mpi local cloud: shared storage for a node, run by the agent as HOOK KIND ID PATH.
 # EFS is emulated by one host directory per file system (this kernel has no NFS);
 # s3fs is real s3fs-fuse against the control plane's S3, over TLS.
-import json, os, pwd, subprocess, sys, urllib.request
+import json, os, pwd, subprocess, sys
 kind, storage_id, path = sys.argv[1:4]
 cfg = json.load(open("/etc/ec2mpi/agent.json"))
 user = pwd.getpwnam(cfg.get("user", "ec2mpi"))
@@ -45,6 +46,7 @@ if kind == "efs":
     os.chown(src, user.pw_uid, user.pw_gid)
     subprocess.run(["mount", "--bind", src, path], check=True)
 elif kind == "s3fs":
+    import urllib.request  # here only: the efs branch, run by every node, needs no HTTP
     # The node's own role credentials, from the metadata service like s3fs's iam_role
     # option would (which only knows the link-local address), handed over in s3fs's env.
     imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"].rstrip("/") + "/latest/"
@@ -81,6 +83,9 @@ class Daemon:
         self.releasing: set[str] = set()          # addresses of nodes being torn down
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node")
+        # a new instance's user data and role, asked in parallel (API calls, mostly waiting)
+        self.lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
+        self.described: dict[str, dict] = {}      # instance id -> its DescribeInstances entry
 
     def run(self) -> None:
         from .controlplane import start as start_controlplane
@@ -95,14 +100,18 @@ class Daemon:
         self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY,
                                      enforce=True)
         self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
-        firewall.close(nodes.GATEWAY, [self.cp.endpoint, self.cp.http_endpoint, self.imds.url])
+        self.index = PackageIndex(nodes.GATEWAY, wheelhouse()).start()
+        firewall.close(nodes.GATEWAY, [self.cp.endpoint, self.cp.http_endpoint, self.imds.url,
+                                       self.index.url])
         self.names = NameServer(nodes.RESOLVER, 53, self.views.__contains__, REGION).start()
         info = LocalCloudInfo(endpoint=self.cp.endpoint, ca_path=self.cp.ca_path, region=REGION,
                               ssh_cidr=nodes.SUBNET, state_dir=str(self.state), pid=os.getpid(),
                               imds=self.imds.url, started=time.time())
         self.aws = session(info)
         self.ec2 = self.aws.client("ec2")
+        self.images = register_images(self.ec2)     # kind -> image id
         self._write_hook(info)
+        stubs = write_package_stubs(self.state / "package-stubs")
         self.node_env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url,
             "AWS_ENDPOINT_URL": self.cp.endpoint,
@@ -112,6 +121,9 @@ class Daemon:
             "EC2MPI_MOUNT_HOOK": str(self.state / "mount-hook"),
             "EC2MPI_SSHD_PIDFILE": "/run/ec2mpi/sshd.pid",
             "EC2MPI_LOCAL": "1",
+            # no package manager of a node touches the host; pip installs from the bridge
+            "PATH": f"{stubs}:{nodes.NODE_PATH}",
+            **self.index.env_for(),
             # the agent's and the job supervisor's intervals, when tests shorten them
             **{k: v for k, v in os.environ.items()
                if k.startswith(("EC2MPI_WATCH_", "EC2MPI_JOB_"))},
@@ -146,13 +158,24 @@ class Daemon:
     # -- the node runner --------------------------------------------------------
     def instances(self) -> list[dict]:
         """Pending and running instances only: terminated ones pile up and would make every poll
-        heavier."""
-        out = []
+        heavier. The poll itself lists ids and states only (DescribeInstanceStatus: at 64
+        instances a tenth of what DescribeInstances costs the emulator, which polled four times
+        a second kept a core busy); an instance is described in full once, when it shows up."""
         live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
-        for page in self.ec2.get_paginator("describe_instances").paginate(Filters=live):
-            for res in page["Reservations"]:
-                out += res["Instances"]
-        return out
+        ids = []
+        for page in self.ec2.get_paginator("describe_instance_status").paginate(
+                IncludeAllInstances=True, Filters=live):
+            ids += [status["InstanceId"] for status in page["InstanceStatuses"]]
+        new = [iid for iid in ids if iid not in self.described]
+        for at in range(0, len(new), 200):
+            pages = self.ec2.get_paginator("describe_instances").paginate(
+                InstanceIds=new[at:at + 200], Filters=live)
+            for page in pages:
+                for res in page["Reservations"]:
+                    for inst in res["Instances"]:
+                        self.described[inst["InstanceId"]] = inst
+        self.described = {iid: self.described[iid] for iid in ids if iid in self.described}
+        return list(self.described.values())
 
     def reconcile(self) -> None:
         subnet = ipaddress.ip_network(nodes.SUBNET)
@@ -165,9 +188,10 @@ class Daemon:
                 and ipaddress.ip_address(ip) in subnet
             ):
                 live[inst["InstanceId"]] = inst
-        for iid, inst in live.items():
-            if iid not in self.running and iid not in self.failed:
-                self.start_node(inst)
+        new = [inst for iid, inst in live.items()
+               if iid not in self.running and iid not in self.failed]
+        if new:
+            self.start_nodes(new)
         for iid in [i for i in self.running if i not in live]:
             self.stop_node(iid, graceful=True)
         now = time.monotonic()
@@ -177,14 +201,35 @@ class Daemon:
             for iid in due:
                 self.due_terminations.pop(iid)
 
-    def start_node(self, inst: dict) -> None:
+    def start_nodes(self, insts: list[dict]) -> None:
+        """What the new instances need (user data, role) is asked in parallel, and a role once
+        per profile (a fleet's instances share two): one instance at a time, 64 new instances
+        kept the last one waiting for seconds. An instance whose questions fail is left for
+        the next poll."""
+        roles = {}
+        for inst in insts:
+            arn = inst.get("IamInstanceProfile", {}).get("Arn", "")
+            if arn not in roles:
+                roles[arn] = self.lookups.submit(self.role_of, inst)
+        asked = [(inst, self.lookups.submit(self.user_data_of, inst["InstanceId"]))
+                 for inst in insts]
+        for inst, user_data in asked:
+            try:
+                self.start_node(inst, user_data.result(), roles[
+                    inst.get("IamInstanceProfile", {}).get("Arn", "")].result())
+            except Exception:  # asked again at the next poll
+                log.exception("instance %s: could not prepare its node", inst["InstanceId"])
+
+    def user_data_of(self, iid: str) -> bytes:
+        attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        return base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
+
+    def start_node(self, inst: dict, user_data: bytes, role_and_id: tuple[str, str]) -> None:
         from .imds import InstanceView
         iid, ip = inst["InstanceId"], inst["PrivateIpAddress"]
-        attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
-        user_data = base64.b64decode(attr.get("UserData", {}).get("Value", "") or b"")
-        node = nodes.Node(self.nodes_root, iid, ip, prefix=image_dir(self.state),
+        node = nodes.Node(self.nodes_root, iid, ip, prefix=self.prefix_for(inst),
                           resolver=nodes.RESOLVER, region=REGION)
-        role, role_id = self.role_of(inst)
+        role, role_id = role_and_id
         key = self.credentials.issue(iid, role, role_id) if role else None
         self.views[ip] = InstanceView(
             instance_id=iid,
@@ -204,12 +249,22 @@ class Daemon:
         log.info("starting node %s at %s", iid, ip)
         self.pool.submit(self._start, node, user_data)
 
+    def prefix_for(self, inst: dict) -> Path:
+        """What the node sees at the node prefix: an empty directory of its own for the stock
+        image (user-data installs everything), the baked image's otherwise."""
+        if inst.get("ImageId") == self.images.get("stock"):
+            return self.nodes_root / inst["InstanceId"] / "prefix"
+        return image_dir(self.state)
+
     def _start(self, node: nodes.Node, user_data: bytes) -> None:
         deadline = time.monotonic() + 2 * TERM_GRACE
         while node.ip in self.releasing and time.monotonic() < deadline:
             time.sleep(0.05)  # moto recycles addresses: let the old node give it up first
         try:
+            started = time.monotonic()
             node.start(user_data, self.node_env, ca_bundle=self.cp.ca_path)
+            log.info("node %s up in %.2f s (namespace and sshd; user-data started)",
+                     node.instance_id, time.monotonic() - started)
         except Exception:
             log.exception("node %s failed to start", node.instance_id)
             self.failed.add(node.instance_id)
@@ -272,6 +327,9 @@ class Daemon:
                 self.failed.add(iid)      # never restarted
                 self.stop_node(iid, graceful=False)
                 self.ec2.terminate_instances(InstanceIds=[iid])
+            elif fault["kind"] == "slow":
+                nodes.slow_link(iid, on=not fault.get("off"))
+                log.info("link of %s: %s", iid, "full" if fault.get("off") else "slowed")
             (faults / f"{iid}.result").write_text(error)
             req.unlink()
 
@@ -289,6 +347,7 @@ class Daemon:
                 shutil.rmtree(path, ignore_errors=True)
 
     def shutdown(self) -> None:
+        self.lookups.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         for iid in list(self.running):
             self.stop_node(iid, graceful=False)

@@ -142,3 +142,42 @@ def ensure_cluster_user(user: str = CLUSTER_USER) -> None:
             group = []
         subprocess.run(["useradd", "-M", "-d", f"/home/{user}", "-s", "/bin/bash", "-p", "*",
                         *group, user], check=True)
+
+
+# The local cloud's images, registered in its EC2 like AMIs. `baked` boots with the image
+# above bind-mounted at the node prefix (what `ec2mpi bake-image` makes on AWS); `stock`
+# boots with an empty prefix of the node's own, so user-data runs every install step, as on
+# stock Amazon Linux 2023.
+IMAGE_KINDS = ("baked", "stock")
+
+
+def image_name(kind: str) -> str:
+    return f"ec2mpi-local-{kind}"
+
+
+def register_images(ec2) -> dict[str, str]:
+    """kind -> image id, registering the local images once per control plane."""
+    names = [image_name(k) for k in IMAGE_KINDS]
+    found = {i["Name"]: i["ImageId"] for i in ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "name", "Values": names}])["Images"]}
+    out = {}
+    for kind, name in zip(IMAGE_KINDS, names):
+        out[kind] = found.get(name) or ec2.register_image(
+            Name=name, Description=f"ec2mpi local cloud: {kind} node image",
+            Architecture="x86_64", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                  "Ebs": {"VolumeSize": 8, "VolumeType": "gp3"}}])["ImageId"]
+    return out
+
+
+def find_image(ec2, kind: str) -> str:
+    """The id of the local image `kind` (the client's side of register_images)."""
+    if kind not in IMAGE_KINDS:
+        raise UserError(f"the local cloud has no image {kind!r}",
+                        f"use --image {' or --image '.join(IMAGE_KINDS)}, or an AMI id")
+    images = ec2.describe_images(Owners=["self"], Filters=[
+        {"Name": "name", "Values": [image_name(kind)]}])["Images"]
+    if not images:
+        raise CloudError(f"the local cloud has not registered its {kind} image",
+                         "restart it: ec2mpi --local local down, then run the command again")
+    return images[0]["ImageId"]

@@ -26,6 +26,7 @@ RESOLVER = "172.31.0.2"       # the VPC base + 2, like the Amazon-provided DNS s
 SUBNET = "172.31.0.0/16"      # moto's default VPC: instance IPs come from its subnets
 PREFIXLEN = 16
 NETNS_PREFIX = "ec2mpi-"
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # Directories each node keeps to itself (name under the node dir -> path on the node).
@@ -122,6 +123,23 @@ def veth_name(instance_id: str) -> str:
     return "e2m" + hashlib.sha1(instance_id.encode()).hexdigest()[:10]
 
 
+# `local slow`: a token bucket (this kernel has tbf, not netem) on the host end of the node's
+# veth, i.e. on everything sent to the node. The rate caps its bandwidth; the small bucket
+# (burst) makes every small message past the first few wait for its tokens, which is the
+# latency a ping-pong sees; `latency` bounds the queue (beyond it packets drop, as on a
+# congested link).
+SLOW_TBF = ("rate", "1mbit", "burst", "2kb", "latency", "200ms")
+
+
+def slow_link(instance_id: str, on: bool = True) -> None:
+    """Slow the node's link (replacing any earlier setting), or give it its full link back."""
+    dev = veth_name(instance_id)
+    if on:
+        run("tc", "qdisc", "replace", "dev", dev, "root", "tbf", *SLOW_TBF)
+    else:
+        run("tc", "qdisc", "del", "dev", dev, "root", check=False)
+
+
 # Per-node name-service files (name in the node dir -> path in the node).
 NAME_FILES = {"resolv.conf": "/etc/resolv.conf", "nsswitch.conf": "/etc/nsswitch.conf",
               "hosts": "/etc/hosts"}
@@ -174,7 +192,7 @@ class Node:
         self._spawn_anchor()
         self.nsenter("/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"),
                      "-E", str(self.dir / "sshd.log"))
-        base_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        base_env = {"PATH": NODE_PATH,
                     "HOME": "/root", "LANG": "C.UTF-8"}
         environment = [f"{k}={v}" for k, v in {**base_env, **env}.items()]
         with open(self.dir / "console.log", "ab") as console:
@@ -185,6 +203,9 @@ class Node:
 
     def _prepare_dirs(self, user_data: bytes, ca_bundle: str | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.prefix is not None and not self.prefix.exists():   # a node's own (stock)
+            self.prefix.mkdir(parents=True)
+            self.prefix.chmod(0o755)
         for name in PRIVATE_DIRS:
             (self.dir / name).mkdir(exist_ok=True)
         os.chmod(self.dir / "tmp", 0o1777)

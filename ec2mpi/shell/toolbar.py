@@ -29,8 +29,12 @@ def toolbar_text(state, now: float | None = None) -> str:
     cost = output.money(st.cost.per_hour) if st.cost else "$?/h"
     age = "" if state.updated is None else f" | {int(now - state.updated)}s ago"
     stale = f" | refresh failed: {state.error}" if state.error else ""
+    if st.stopped:
+        return (f" {st.name}: {output.stopped_text(st.master_state)} | 'resize N' brings it "
+                f"back{age}{stale}")
+    autostop = output.autostop_text(st.master_state, now).lstrip(", ")
     return (
         f" {st.name}: {st.status}, {st.ready}/{len(st.nodes)} ready | "
         f"{output.lifecycle_mix(st.nodes)}"
-        f" | {cost}{age}{stale}"
+        f" | {cost}{' | ' + autostop if autostop else ''}{age}{stale}"
     )

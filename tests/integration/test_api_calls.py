@@ -1,6 +1,10 @@
 """Client cost is O(1) in the node count: create makes the same mutating calls for 4 and 64
 nodes."""
 
+import json
+import ssl
+import urllib.request
+
 import pytest
 
 from ec2mpi.aws.keystore import KeyStore
@@ -20,11 +24,12 @@ def aws(controlplane):
     return s
 
 
-def counted_create(aws, name, nodes):
+def counted_create(aws, name, nodes, **settings):
     counter = CallCounter(aws)
     try:
         ClusterManager(aws).create(
-            ClusterSpec(name, nodes=nodes, ssh_cidr="203.0.113.7/32", storage="efs"), wait=False
+            ClusterSpec(name, nodes=nodes, ssh_cidr="203.0.113.7/32", storage="efs", **settings),
+            wait=False
         )
     finally:
         counter.close()
@@ -47,3 +52,30 @@ def test_mutating_calls_do_not_grow_with_nodes(aws, cluster_name):
     finally:
         for suffix in "ab":
             assert ClusterManager(aws).destroy(cluster_name + suffix).leftovers == []
+
+
+def _pools(cp, method, body=None):
+    """The control plane's capacity pools (localcloud/fidelity_capacity.py)."""
+    req = urllib.request.Request(cp.endpoint + "/_ec2mpi/capacity", method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=cp.ca_path)):
+        pass
+
+
+def test_a_failover_launch_costs_the_same_for_4_and_64_nodes(aws, cluster_name, controlplane):
+    """No spot capacity anywhere, --spot-fallback on-demand: every worker pool refuses in one
+    call, the rest goes on-demand in one more; still O(1) in the node count."""
+    _pools(controlplane, "DELETE")
+    for itype in ClusterSpec("x").instance_types:
+        _pools(controlplane, "POST", {"type": itype, "lifecycle": "spot", "count": 0})
+    try:
+        small = counted_create(aws, cluster_name + "a", 4, spot_fallback="on-demand")
+        large = counted_create(aws, cluster_name + "b", 64, spot_fallback="on-demand")
+        assert small.mutating == large.mutating, (small.calls, large.calls)
+        assert small.calls.get("ec2:CreateFleet") == large.calls.get("ec2:CreateFleet") == 3
+        assert small.total == large.total
+    finally:
+        _pools(controlplane, "DELETE")
+        for suffix in "ab":
+            assert ClusterManager(aws).destroy(cluster_name + suffix).leftovers == []
+

@@ -20,7 +20,7 @@ from ec2mpi.aws.storage import Efs
 from ec2mpi.aws.templates import PLACEMENT_UNSUPPORTED, Templates
 from ec2mpi.cluster import ClusterManager
 from ec2mpi.config import TAG_CLUSTER, TAG_LAUNCH, TAG_ROLE, ClusterSpec
-from ec2mpi.errors import UserError, WaitTimeout
+from ec2mpi.errors import BootFailed, UserError, WaitTimeout
 
 CIDR = "203.0.113.7/32"
 
@@ -214,6 +214,26 @@ def test_wait_timeout_names_missing_nodes(aws, cluster_name):
 
 class Crash(KeyboardInterrupt):
     """What a Ctrl-C or a killed laptop looks like to create: it stops between two steps."""
+
+
+def test_a_node_whose_boot_gave_up_ends_the_wait_at_once_with_its_reason(aws, cluster_name):
+    mgr = manager(aws)
+    mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
+    ids = live_ids(aws, cluster_name)
+    play_agents(aws, cluster_name, ids[:1])
+    [worker] = play_agents(aws, cluster_name, ids[1:], ready=False)
+    why = "boot failed: shared storage (s3fs) at /shared is not usable: Operation not permitted"
+    Registry(aws).set_node_state(cluster_name, worker, "failed", why)   # what the agent writes
+    started = time.monotonic()
+    with pytest.raises(BootFailed) as err:
+        mgr.wait_ready(cluster_name, ids, timeout=60)
+    assert time.monotonic() - started < 30   # not the whole timeout: waiting cannot help
+    assert ids[1] in err.value.message and why in err.value.message
+    assert f"remove-nodes --node {ids[1]}" in err.value.hint
+    st = mgr.status(cluster_name)
+    assert [(n.state, n.reason) for n in st.nodes if n.instance_id == ids[1]] == [("failed", why)]
+    assert list(mgr.plan_removal(cluster_name, 1).instance_ids) == [ids[1]]   # failed first
+    mgr.destroy(cluster_name)
 
 
 @pytest.mark.parametrize("crash_at", ["security group", "launch template", "launched"])

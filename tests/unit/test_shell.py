@@ -68,7 +68,8 @@ def test_completion_uses_live_state_and_the_table():
     assert completions(state, "create x -t c5.large,c6i.x") == ["c5.large,c6i.xlarge"]
     assert completions(state, "create x --st") == ["--storage"]
     assert completions(state, "create x --storage ") == ["efs", "s3fs", "none"]
-    assert completions(state, "local ") == ["up", "down", "status", "interrupt", "kill"]
+    assert completions(state, "local ") == ["up", "down", "status", "interrupt", "kill", "slow",
+                                            "capacity"]
     assert completions(state, "help rem") == ["remove-nodes"]
     assert completions(state, "ssh -- ls -") == []
 
@@ -173,6 +174,13 @@ def test_toolbar_and_prompt_read_only_the_snapshot():
     text = toolbar_text(state)
     assert "demo: ready, 1/2 ready" in text and "1 spot, 1 on-demand" in text and "$0.120/h" in text
     assert "demo" in "".join(t for _, t in prompt_fragments(state, local=True))
+    st = sample_status()
+    st.master_state = {"autostop": 3600, "idle_since": 1000.0}
+    assert "autostop in 50m (idle)" in toolbar_text(state_with(status=st), now=1600.0)
+    st.master_state = {"autostop": 3600}
+    assert "autostop after 1h idle" in toolbar_text(state_with(status=st), now=1600.0)
+    st.master_state, st.nodes = {"autostop": 3600, "idle_since": 1000.0, "stopped_at": 4600}, []
+    assert "stopped (idle since" in toolbar_text(state_with(status=st), now=5000.0)
     empty = state_with(names=())
     assert "no cluster selected" in toolbar_text(empty)
     empty.error = "no AWS credentials found"

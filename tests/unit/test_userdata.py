@@ -4,11 +4,14 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from ec2mpi.userdata import MAX_BYTES, UserDataParams, render
 
@@ -122,7 +125,8 @@ def test_stub_names_the_failing_step(tmp_path):
     script.write_text(render(UserDataParams(**{**PARAMS.__dict__, "prefix": str(prefix)})))
     out = subprocess.run(
         ["bash", str(script)], check=False,
-        env={"PATH": os.environ["PATH"], "EC2MPI_ROOT": str(root), "EC2MPI_BOOT_RETRY_DELAY": "0"},
+        env={"PATH": os.environ["PATH"], "EC2MPI_ROOT": str(root), "EC2MPI_BOOT_RETRY_DELAY": "0",
+             "EC2MPI_MOUNT_HOOK": "/x/hook"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -158,3 +162,91 @@ def test_agent_reports_its_version():
         text=True,
     )
     assert out.returncode == 0 and out.stdout.strip() == ec2mpi.__version__
+
+
+PM_STUB = """#!/bin/bash
+# A stand-in package manager: records what it was asked; 'list --available' knows $AVAILABLE.
+echo "$(basename "$0") $*" >> "$CALLS"
+case "$*" in
+  *"list --available"*) for p in $AVAILABLE; do [ "$p" = "${@: -1}" ] && exit 0; done; exit 1;;
+esac
+exit 0
+"""
+TOOLS = ("bash", "mkdir", "tee", "date", "cat", "grep", "mv", "chmod", "env", "setsid", "nohup",
+         "sleep", "kill", "rm", "mktemp", "sed", "dirname", "basename")
+
+
+def _sandbox_with(tmp_path, managers, available=""):
+    """A PATH with only the tools the stub needs, stub package managers, and a python3 that
+    has venv: no host s3fs or mount.efs is visible, nothing on the host is installed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    for pm in managers:
+        (bin_dir / pm).write_text(PM_STUB)
+        (bin_dir / pm).chmod(0o755)
+    prefix, root = tmp_path / "opt", tmp_path / "root"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    agent = prefix / "venv" / "bin" / "ec2mpi-agent"
+    agent.write_text(FAKE_AGENT)
+    agent.chmod(0o755)
+    (prefix / "venv" / "bin" / "python").symlink_to(sys.executable)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    env = {"PATH": str(bin_dir), "EC2MPI_ROOT": str(root), "CALLS": str(calls),
+           "AVAILABLE": available}
+    return prefix, root, calls, env
+
+
+def _run_stub(tmp_path, storage, managers, available="", hook=""):
+    prefix, root, calls, env = _sandbox_with(tmp_path, managers, available)
+    if hook:
+        env["EC2MPI_MOUNT_HOOK"] = hook
+    script = tmp_path / "ud.sh"
+    script.write_text(render(UserDataParams(**{**PARAMS.__dict__, "prefix": str(prefix),
+                                               "storage": storage})))
+    try:
+        out = subprocess.run(["bash", str(script)], check=False, env=env, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        pidfile = root / "run/ec2mpi/agent.pid"
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    return out, calls.read_text().splitlines()
+
+
+@pytest.mark.parametrize("pm,package", [("apt-get", "s3fs")])
+def test_a_stock_image_gets_its_mount_helper_from_the_package_manager(tmp_path, pm, package):
+    out, calls = _run_stub(tmp_path, "s3fs", [pm])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"installing with {pm}: {package}" in out.stdout
+    assert any(c.startswith(f"{pm} install") and c.endswith(package) for c in calls), calls
+
+
+def test_s3fs_on_amazon_linux_stops_at_that_step_and_names_the_fix(tmp_path):
+    out, calls = _run_stub(tmp_path, "s3fs", ["dnf"], available="amazon-efs-utils")
+    assert out.returncode != 0
+    assert "FAILED at step: system packages" in out.stdout
+    assert "--storage efs" in out.stdout and "bake-image" in out.stdout
+    assert not any(" install" in c for c in calls)
+
+
+def test_efs_installs_efs_utils_with_dnf_and_refuses_on_debian(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    out, calls = _run_stub(tmp_path / "a", "efs", ["dnf"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "dnf install -y -q amazon-efs-utils" in calls
+    out, calls = _run_stub(tmp_path / "b", "efs", ["apt-get"])
+    assert out.returncode != 0 and "Debian and Ubuntu do not package" in out.stdout
+    assert "--storage s3fs" in out.stdout
+
+
+def test_the_local_cloud_mounts_through_its_hook_and_installs_nothing(tmp_path):
+    out, calls = _run_stub(tmp_path, "s3fs", ["dnf"], hook="/x/hook")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "nothing to install" in out.stdout and not [c for c in calls if "install" in c]
