@@ -113,14 +113,20 @@ class AttemptErrors:
 
 
 class TimedWatcher(Watcher):
-    """The real Watcher; only measures how long each of its duties takes (the loop runs
-    them one after another, so a slow one delays the next epoch poll)."""
+    """The real Watcher; only measures how long each of its duties takes (a loop runs its
+    duties one after another, so a slow one delays the next of the same loop)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.timings: dict[str, list[float]] = {}
 
     def duties(self) -> list:
+        return self._timed(super().duties())
+
+    def slow_duties(self) -> list:
+        return self._timed(super().slow_duties())
+
+    def _timed(self, duties: list) -> list:
         def timed(name, duty):
             def run():
                 t = time.perf_counter()
@@ -131,7 +137,7 @@ class TimedWatcher(Watcher):
             run.__name__ = name
             return run
         return [(period, timed(getattr(duty, "__name__", "duty"), duty))
-                for period, duty in super().duties()]
+                for period, duty in duties]
 
 
 def hostname(ip: str) -> str:

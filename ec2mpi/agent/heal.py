@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..aws.instances import LaunchRequest
-from ..aws.registry import avoided
+from ..aws.registry import avoid_pools, avoided
 from ..config import ClusterSpec
 from ..errors import Ec2mpiError
 
@@ -142,4 +142,4 @@ class ClusterSource:
     def avoid_pools(self, pools, seconds: float) -> None:
         """Record pools that refused a healing launch in the master state (no membership
         bump: the master itself already avoids them)."""
-        self.registry.avoid_pools(self.cluster, pools, seconds, bump=False)
+        avoid_pools(self.registry, self.cluster, pools, seconds, bump=False)

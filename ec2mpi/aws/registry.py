@@ -23,64 +23,33 @@ Why this shape:
 """
 from __future__ import annotations
 
-import ipaddress
 import random
-import re
 import time
-from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from ..config import REGISTRY_TABLE
 from ..errors import CloudError, UserError, explain_client_error
+from .registry_items import (  # noqa: F401 - the registry's names, in one place
+    AVOID_MAX,
+    AVOID_SECONDS,
+    LIFECYCLES,
+    MEMBERS_INDEX,
+    NODE_STATES,
+    ROLES,
+    Node,
+    avoided,
+    cluster_key,
+    epoch_key,
+    master_key,
+    node_pk,
+    node_problem,
+    pool_key,
+)
 from .session import AwsSession, ClientError, error_code
 
-MEMBERS_INDEX = "members"
-NODE_STATES = ("booting", "ready", "draining", "lost", "failed")   # failed: boot gave up
-LIFECYCLES = ("spot", "on-demand")
-ROLES = ("master", "worker")
 _ser, _de = TypeSerializer(), TypeDeserializer()
-_INSTANCE = re.compile(r"^i-[0-9a-f]{8,17}$")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
-_ZONE = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+[a-z]$")
-AVOID_SECONDS = 600.0      # a pool that refused for capacity is left out this long
-AVOID_MAX = 200            # entries kept in the master state's `avoid` map
-_AVOID_SEP = "@"
-
-
-def avoided(master_state: dict, now: float | None = None) -> dict:
-    """The capacity pools the master state says to avoid: (type, AZ, lifecycle) -> until
-    (epoch seconds), unexpired and well-formed entries only (the master writes them too)."""
-    now = time.time() if now is None else now
-    raw = master_state.get("avoid")
-    out: dict = {}
-    for key, until in (raw.items() if isinstance(raw, dict) else ()):
-        parts = str(key).split(_AVOID_SEP)
-        if (len(parts) == 3 and _TYPE.match(parts[0]) and _ZONE.match(parts[1])
-                and parts[2] in LIFECYCLES and isinstance(until, (int, float))
-                and until > now):
-            out[tuple(parts)] = float(until)
-    return out
-
-
-def cluster_key(name: str) -> dict:
-    return {"pk": name, "sk": "cluster"}
-
-
-def epoch_key(name: str) -> dict:
-    return {"pk": f"{name}#epoch", "sk": "epoch"}
-
-
-def master_key(name: str) -> dict:
-    return {"pk": f"{name}#master", "sk": "state"}
-
-
-def node_pk(name: str, role_id: str, instance_id: str) -> str:
-    """The node's partition: its role's id and its instance id are the IAM `aws:userid` of
-    its instance-role credentials, which the node policy names in dynamodb:LeadingKeys."""
-    return f"{name}#node#{role_id}:{instance_id}"
 
 
 def _value(v):
@@ -109,65 +78,6 @@ def _plain(value):
 
 def _load(item: dict) -> dict:
     return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
-
-
-@dataclass
-class Node:
-    instance_id: str
-    role: str                 # master | worker
-    private_ip: str
-    hostname: str
-    slots: int
-    lifecycle: str = "spot"   # spot | on-demand
-    instance_type: str = ""
-    state: str = "booting"    # booting | ready | draining | lost | failed
-    heartbeat: int = 0
-    updated: int = 0
-    reason: str = ""          # why the node is lost or draining, said to the user
-    sessions: int = 0         # open SSH sessions on the node (autostop's idle rule)
-    image: str = ""           # the image the node booted from
-    install_s: float = 0.0    # seconds its boot spent installing (0 on a baked image)
-    key: str = field(default="", compare=False)      # its pk; not an attribute
-    problem: str = field(default="", compare=False)  # why the item cannot be trusted, or ""
-
-    @classmethod
-    def from_item(cls, item: dict, cluster: str = "", roles: dict | None = None) -> Node:
-        names = {f.name for f in fields(cls)} - {"key", "problem"}
-        node = cls(**{k: v for k, v in item.items() if k in names})
-        node.key = str(item.get("pk", ""))
-        if cluster:
-            node.problem = node_problem(node, cluster, roles or {})
-        return node
-
-    def attributes(self, cluster: str) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("key", "problem")}
-        return {"pk": self.key, "sk": "node", "member_of": cluster, **data}
-
-
-def node_problem(node: Node, cluster: str, roles: dict) -> str:
-    """Why a node item must not be used ('' if it may). Nodes write their own items, so
-    nothing in them reaches ssh_config, a hostfile or a command line unchecked."""
-    if not _INSTANCE.match(str(node.instance_id)):
-        return "instance id is malformed"
-    if node.role not in ROLES:
-        return "role is unknown"
-    if roles and node.key != node_pk(cluster, roles.get(node.role, "?"), node.instance_id):
-        return f"its key does not name {node.instance_id} with the {node.role} role"
-    try:
-        if ipaddress.ip_address(node.private_ip).version != 4:
-            raise ValueError
-    except ValueError:
-        return "private IP is not an IPv4 address"
-    if not all(_LABEL.match(label) for label in str(node.hostname).split(".")):
-        return "hostname is not a DNS name"
-    if not isinstance(node.slots, int) or isinstance(node.slots, bool) \
-            or not 1 <= node.slots <= 4096:
-        return "slots is not a positive number"
-    if node.state not in NODE_STATES or node.lifecycle not in LIFECYCLES:
-        return "state or lifecycle is unknown"
-    if node.instance_type and not _TYPE.match(str(node.instance_type)):
-        return "instance type is malformed"
-    return ""
 
 
 class ClusterExists(UserError):
@@ -304,20 +214,6 @@ class Registry:
         if bump:
             self._bump(name)
 
-    def avoid_pools(self, name: str, pools, seconds: float = AVOID_SECONDS,
-                    bump: bool = True) -> dict:
-        """Record capacity pools that just refused a launch, (type, AZ, lifecycle): create,
-        add-nodes, resize and healing leave them out for `seconds`. The master state's
-        `avoid` map is read, merged (expired entries dropped) and written back; a lost race
-        with another writer only costs one pool an early retry. Returns the map written."""
-        now = time.time()
-        merged = avoided(self.master_state(name), now)
-        merged.update({tuple(p): now + seconds for p in pools})
-        avoid = {_AVOID_SEP.join(p): int(until) for p, until in
-                 sorted(merged.items(), key=lambda kv: -kv[1])[:AVOID_MAX]}
-        self.update_master(name, bump=bump, avoid=avoid)
-        return avoid
-
     # -- nodes ------------------------------------------------------------------
     def nodes(self, name: str, validate: bool = True) -> list[Node]:
         """Every node item of the cluster (the members index). With `validate`, each Node
@@ -426,6 +322,21 @@ class Registry:
                     raise explain_client_error(operation, err) from err
                 time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
         raise CloudError(f"{operation} kept failing", "retry later")
+
+
+def avoid_pools(registry: Registry, name: str, pools, seconds: float = AVOID_SECONDS,
+                bump: bool = True) -> dict:
+    """Record capacity pools that just refused a launch, (type, AZ, lifecycle): create,
+    add-nodes, resize and healing leave them out for `seconds`. The master state's `avoid`
+    map is read, merged (expired entries dropped) and written back; a lost race with another
+    writer only costs one pool an early retry. Returns the map written."""
+    now = time.time()
+    merged = avoided(registry.master_state(name), now)
+    merged.update({tuple(p): now + seconds for p in pools})
+    avoid = {pool_key(p): int(until) for p, until in
+             sorted(merged.items(), key=lambda kv: -kv[1])[:AVOID_MAX]}
+    registry.update_master(name, bump=bump, avoid=avoid)
+    return avoid
 
 
 class _Missing(Exception):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..aws.instances import Instances, LaunchRequest, LaunchResult, describe_pools
-from ..aws.registry import avoided
+from ..aws.registry import avoid_pools, avoided
 from ..errors import CloudError, UserError
 from .model import LaunchReport
 
@@ -51,7 +51,7 @@ def launch(ops, name: str, req: LaunchRequest) -> LaunchResult:
     result = Instances(ops.aws, name).launch_some(req)
     failed = result.capacity_failed
     if failed:
-        ops.registry.avoid_pools(name, failed)
+        avoid_pools(ops.registry, name, failed)
         ops.say(0, 0, f"no capacity in {describe_pools(failed)}: avoided for 10 minutes")
     return result
 

@@ -48,11 +48,6 @@ class ClusterManager:
     def remove(self, removal: Removal) -> list:
         return _resize.remove(self.ops, removal)
 
-    def remove_nodes(self, name: str, count: int | None = None,
-                     instance_ids: list | None = None) -> list:
-        """plan_removal, then remove: what scripts and tests call."""
-        return self.remove(self.plan_removal(name, count, instance_ids))
-
     def wait_ready(self, name: str, ids: list, timeout: float) -> None:
         """Until these nodes are ready and in the master's hostfile (WaitTimeout names the rest)."""
         _wait.wait_ready(self.ops, name, ids, timeout)

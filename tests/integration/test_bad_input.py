@@ -155,7 +155,7 @@ def test_missing_cluster(aws, cluster_name):
     refused(
         aws,
         lambda: mgr(aws).add_nodes(cluster_name, 1),
-        lambda: mgr(aws).remove_nodes(cluster_name, 1),
+        lambda: mgr(aws).remove(mgr(aws).plan_removal(cluster_name, 1)),
         lambda: mgr(aws).destroy(cluster_name),
         lambda: mgr(aws).status(cluster_name),
         match="no cluster named",
@@ -163,10 +163,10 @@ def test_missing_cluster(aws, cluster_name):
 
 
 def test_remove_more_workers_than_exist(aws, existing):
-    err = refused(aws, lambda: mgr(aws).remove_nodes(existing, 1))
+    err = refused(aws, lambda: mgr(aws).remove(mgr(aws).plan_removal(existing, 1)))
     assert "0 worker" in str(err)
     with pytest.raises(UserError, match="not in cluster"):
-        mgr(aws).remove_nodes(existing, instance_ids=["i-00000000000000000"])
+        mgr(aws).remove(mgr(aws).plan_removal(existing, instance_ids=["i-00000000000000000"]))
 
 
 def test_aws_refusal_names_call_and_creates_nothing(aws, cluster_name):

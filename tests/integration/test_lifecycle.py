@@ -108,7 +108,7 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="ec2mpi.cluster"):
-        removed = mgr.remove_nodes(name, 1)
+        removed = mgr.remove(mgr.plan_removal(name, 1))
     stop.set()
     thread.join(10)
     assert (
@@ -121,7 +121,7 @@ def test_lifecycle_create_add_remove_destroy(aws, cluster_name, tmp_path, caplog
     assert Registry(aws).epoch(name) == epoch + 3   # target lowered, draining, then removed
     assert Registry(aws).master_state(name)["target"] == 4
     with pytest.raises(UserError, match="master"):
-        mgr.remove_nodes(name, instance_ids=[s["instances"][0]])
+        mgr.remove(mgr.plan_removal(name, instance_ids=[s["instances"][0]]))
 
     report = mgr.destroy(name)
     assert report.leftovers == []
