@@ -118,12 +118,13 @@ def connect_link(link: Link, master: Link, user: str, keys: ClusterKeys, port: i
 
 
 def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None,
-        guard: bool = False) -> int:
+        guard: bool = False, stdin: bytes | None = None) -> int:
     """Run `command` in a login shell on the node, streaming its output; returns its exit
     status. With `guard`, the remote process tree is stopped when we stop: Ctrl-C (or
     SIGTERM, which the caller turns into KeyboardInterrupt) closes the remote stdin, and the
     node's `ec2mpi-agent guard` then ends the command's process group; a lost connection
-    closes it too. Without a guard, sshd would leave the tree running (no terminal)."""
+    closes it too. Without a guard, sshd would leave the tree running (no terminal).
+    `stdin` (without a guard) is the command's whole input."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
     channel = client.get_transport().open_session()
@@ -131,6 +132,8 @@ def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None,
         command = "exec ec2mpi-agent guard -- bash -c " + shlex.quote(command)
     channel.exec_command("bash -lc " + shlex.quote(command))
     if not guard:
+        if stdin:
+            channel.sendall(stdin)
         channel.shutdown_write()
     try:
         _pump(channel, stdout, stderr)
@@ -148,10 +151,11 @@ def run(client: paramiko.SSHClient, command: str, stdout=None, stderr=None,
     return 255 if status < 0 else status
 
 
-def capture(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
+def capture(client: paramiko.SSHClient, command: str,
+            stdin: bytes | None = None) -> tuple[int, str, str]:
     """Run `command` in a login shell on the node: (exit status, stdout, stderr)."""
     out, err = io.BytesIO(), io.BytesIO()
-    status = run(client, command, stdout=out, stderr=err)
+    status = run(client, command, stdout=out, stderr=err, stdin=stdin)
     return status, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
 
 

@@ -6,9 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..agent.farm import parse_tasks
-from ..errors import CloudError, UserError
-from .access import _close, _open
+from ..agent.farm_state import parse_tasks
+from ..errors import UserError
 from .context import Result
 from .jobs import AGENT, _follow, _job_id, _on_master
 
@@ -53,7 +52,7 @@ def cmd_farm(ctx, a) -> Result:
     else:
         command = [AGENT, "job", "farm", "--name", label, "--retries",
                    str(a.retries or 0)]
-        job = _submit(ctx, name, shlex.join(command), text)
+        job = _on_master(ctx, name, shlex.join(command), stdin=text, what="start the farm")
         job_id = job["id"]
         what = f"farm {job_id}: {job['tasks']} task(s) on {name}"
     hint = f"follow it with: ec2mpi attach {job_id} -c {name}; stop it with: ec2mpi cancel " \
@@ -89,25 +88,3 @@ def _read_tasks(path: str | None) -> tuple[str, str]:
         raise UserError(f"the task file {path} has no task (only empty or comment lines)",
                         "write one shell command per line")
     return text, label or "tasks"
-
-
-def _submit(ctx, name: str, command: str, text: str) -> dict:
-    """Run the submit command on the master with the task file on its standard input."""
-    import json
-    client, closers, _, _ = _open(ctx, name, None)
-    try:
-        channel = client.get_transport().open_session()
-        channel.exec_command("bash -lc " + shlex.quote(command))
-        stdout, stderr = channel.makefile("rb"), channel.makefile_stderr("rb")
-        channel.sendall(text.encode())
-        channel.shutdown_write()
-        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-        status = channel.recv_exit_status()
-        channel.close()
-    finally:
-        _close(closers)
-    if status != 0 or not out.strip():
-        raise CloudError(f"the master could not start the farm: "
-                         f"{(err or out).strip()[-300:] or f'exit status {status}'}",
-                         f"see the master's job log: ec2mpi logs master -c {name}")
-    return json.loads(out.strip().splitlines()[-1])

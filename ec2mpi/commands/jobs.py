@@ -15,16 +15,19 @@ from .context import Result
 AGENT = "ec2mpi-agent"
 
 
-def _on_master(ctx, name: str, command: str) -> dict | list:
-    """Run an `ec2mpi-agent job ...` command on the master (as the cluster user): its JSON."""
+def _on_master(ctx, name: str, command: str, stdin: str | None = None,
+               what: str = "") -> dict | list:
+    """Run an `ec2mpi-agent job ...` command on the master (as the cluster user), with
+    `stdin` as its input: its JSON."""
     from .. import remote
     client, closers, _, _ = _open(ctx, name, None)
     try:
-        status, out, err = remote.capture(client, command)
+        status, out, err = remote.capture(client, command,
+                                          stdin.encode() if stdin is not None else None)
     finally:
         _close(closers)
     if status != 0 or not out.strip():
-        raise CloudError(f"the master could not {command.split()[2]} the job: "
+        raise CloudError(f"the master could not {what or command.split()[2] + ' the job'}: "
                          f"{(err or out).strip()[-300:] or f'exit status {status}'}",
                          f"see the master's job log: ec2mpi logs master -c {name}")
     return json.loads(out.strip().splitlines()[-1])
