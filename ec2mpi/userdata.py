@@ -34,3 +34,30 @@ def render(params: UserDataParams) -> str:
     if len(text.encode()) > MAX_BYTES:
         raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {MAX_BYTES}")
     return text
+
+
+BAKE_TEMPLATE = TEMPLATE.parent / "bake-userdata.sh.tmpl"
+BAKE_SCRIPT = TEMPLATE.parent / "bake-ami.sh"
+
+
+@dataclass(frozen=True)
+class BakeParams:
+    """The builder's user-data (`ec2mpi bake-image`): where its wheel is, where it reports."""
+    region: str
+    bucket: str
+    account: str
+    wheel_key: str
+    status_key: str
+    version: str
+    prefix: str
+
+
+def render_bake(params: BakeParams) -> str:
+    """The builder stub with bake-ami.sh embedded (one script, run by user-data)."""
+    text = BAKE_TEMPLATE.read_text()
+    for key, value in asdict(params).items():
+        text = text.replace(f"@{key.upper()}@", shlex.quote(str(value)))
+    text = text.replace("@BAKE_SCRIPT@", BAKE_SCRIPT.read_text().rstrip("\n"))
+    if len(text.encode()) > MAX_BYTES:
+        raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {MAX_BYTES}")
+    return text

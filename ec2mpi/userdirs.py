@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import UserError
 
 DEFAULTS_FILE = "config.toml"   # [defaults] table: same keys as a cluster template
-STATE_FILE = "state.json"       # {"last_cluster": NAME}
+STATE_FILE = "state.json"       # {"last_cluster": NAME, "images": {REGION: {VERSION: AMI}}}
 HISTORY_FILE = "history"
 
 
@@ -90,3 +90,19 @@ def user_defaults() -> dict:
         return {}
     data = read_toml(path)
     return dict(data.get("defaults", {}))
+
+
+def default_images(where: str) -> dict:
+    """ec2mpi version -> the image `bake-image --default` stored for `where` (a region, or
+    'local' for the local cloud)."""
+    return dict(_read_state().get("images", {}).get(where, {}))
+
+
+def remember_image(where: str, version: str, image_id: str) -> None:
+    """The default image of `where` for this ec2mpi version (create uses it)."""
+    state = _read_state()
+    state.setdefault("images", {}).setdefault(where, {})[version] = image_id
+    path = ensure_dir() / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)

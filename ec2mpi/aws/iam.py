@@ -68,6 +68,7 @@ TAG_REGION = "ec2mpi:region"
 TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 KINDS = ("master", "worker")
+BUILDER = "builder"     # the instance of `ec2mpi bake-image` (aws/images.py builder_policy)
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,11 @@ def master_policy(scope: PolicyScope) -> dict:
 
 
 class NodeRole:
-    """One kind (master or worker) of a cluster's node role and instance profile."""
+    """One kind (master or worker) of a cluster's node role and instance profile; or the
+    builder's of one bake-image run (its "cluster" is the bake's id)."""
 
     def __init__(self, session: AwsSession, cluster: str, kind: str = "worker"):
-        if kind not in KINDS:
+        if kind not in (*KINDS, BUILDER):
             raise ValueError(kind)
         self.iam = session.client("iam")
         self.cluster, self.kind, self.region = cluster, kind, session.region

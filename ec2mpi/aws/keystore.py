@@ -151,6 +151,15 @@ class KeyStore:
                                  "the cluster") from None
             raise explain_client_error("s3:GetObject", err) from err
 
+    def get_optional(self, cluster: str, name: str) -> bytes | None:
+        """The object, or None while it does not exist (a status someone else writes)."""
+        try:
+            return self.get(cluster, name)
+        except CloudError as err:
+            if "is missing" in err.message:
+                return None
+            raise
+
     def objects(self, cluster: str, sub: str = "") -> list[dict]:
         """Every object under clusters/NAME/SUB (Key, Size, ...)."""
         out, kwargs = [], {}
@@ -190,7 +199,3 @@ class KeyStore:
     def put_wheel(self, cluster: str, name: str, data: bytes) -> str:
         """Upload the client's own wheel; returns its key (the user-data's wheel_key)."""
         return self.put(cluster, name, data)
-
-    def shared_prefix(self, cluster: str) -> str:
-        """Where s3fs keeps the cluster's shared directory."""
-        return self.prefix(cluster) + "shared/"

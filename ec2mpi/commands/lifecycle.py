@@ -74,6 +74,9 @@ def cmd_create(ctx: Context, a) -> Result:
     ctx.args = a
     if a.local:
         _ = ctx.aws  # bring the local cloud up first: it fixes the region and the SSH range
+    if not a.image and not template.get("image_id") and not defaults.get("image_id"):
+        from .images import default_image
+        a.image = default_image(ctx)      # bake-image --default, for this ec2mpi version
     a.image = _image(ctx, a.image, bool(a.local))
     spec = spec_from_args(a, template, defaults, ctx.local_info if a.local else None)
     if spec.storage == "none" and spec.autostop and not ctx.confirm(

@@ -20,7 +20,7 @@ from ..config import (
     parse_instance_types,
     parse_policy_arns,
 )
-from . import access, farm, files, help, jobs, lifecycle, local, nodes
+from . import access, farm, files, help, images, jobs, lifecycle, local, nodes
 from . import check as check_cmd
 from .context import Context, Result
 
@@ -243,6 +243,20 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             lifecycle.cmd_destroy,
             (Arg(("name",), "the cluster to destroy (always named explicitly)",
                  complete="clusters"),), destructive=True, waits=True),
+    Command("bake-image", "bake an image with Python, Open MPI, mpi4py and this ec2mpi "
+            "installed, so nodes boot in seconds; prints its id", images.cmd_bake_image, (
+                Arg(("--image",), "base AMI id (default: latest Amazon Linux 2023; on the "
+                    "local cloud 'stock')", metavar="AMI"),
+                Arg(("--instance-type", "-t"), "the builder's instance type (default "
+                    "c6i.large)", metavar="TYPE", dest="instance_type",
+                    complete="instance_types"),
+                Arg(("--subnet",), "the builder's subnet (default: a default subnet)",
+                    metavar="SUBNET"),
+                Arg(("--default",), "make create use this image in this region while ec2mpi "
+                    "stays at this version", **ON),
+                Arg(("--timeout",), "seconds the bake and the image may take each "
+                    "(default 1800)", type=float, default=1800.0, metavar="SECONDS"),
+            ), epilog=images.EPILOG),     # Ctrl-C ends it (after its cleanup), not a wait
     Command("local", "the local cloud: up | down | status | interrupt ID | kill ID | "
             "slow ID [--off] | capacity [TYPE[@AZ] COUNT [--spot|--on-demand]]",
             local.cmd_local, (

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from ..aws.images import TAG_BAKE, TAG_BUILDER
 from . import firewall, nodes
 from .control import REGION, LocalCloudInfo, session
 from .credentials import CredentialStore
@@ -86,6 +88,7 @@ class Daemon:
         # a new instance's user data and role, asked in parallel (API calls, mostly waiting)
         self.lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
         self.described: dict[str, dict] = {}      # instance id -> its DescribeInstances entry
+        self.builders: set[str] = set()           # running nodes of bake-image builders
 
     def run(self) -> None:
         from .controlplane import start as start_controlplane
@@ -188,6 +191,8 @@ class Daemon:
                 and ipaddress.ip_address(ip) in subnet
             ):
                 live[inst["InstanceId"]] = inst
+        if self.builders:
+            self.capture_images()   # before a terminated builder's node (and prefix) goes
         new = [inst for iid, inst in live.items()
                if iid not in self.running and iid not in self.failed]
         if new:
@@ -246,15 +251,59 @@ class Daemon:
             user_data=user_data,
         )
         self.running[iid] = node
+        if self._is_builder(inst):
+            self.builders.add(iid)
         log.info("starting node %s at %s", iid, ip)
         self.pool.submit(self._start, node, user_data)
 
     def prefix_for(self, inst: dict) -> Path:
         """What the node sees at the node prefix: an empty directory of its own for the stock
-        image (user-data installs everything), the baked image's otherwise."""
-        if inst.get("ImageId") == self.images.get("stock"):
+        image (user-data installs everything) and for a bake-image builder (whatever its
+        base: the bake installs everything, and its prefix becomes the image); a captured
+        image's directory for nodes of that image; the baked image's otherwise."""
+        if inst.get("ImageId") == self.images.get("stock") or self._is_builder(inst):
             return self.nodes_root / inst["InstanceId"] / "prefix"
+        captured = self.captured_dir(inst.get("ImageId", ""))
+        if (captured / ".captured").exists():
+            return captured
         return image_dir(self.state)
+
+    @staticmethod
+    def _is_builder(inst: dict) -> bool:
+        return any(t["Key"] == TAG_BAKE for t in inst.get("Tags", []))
+
+    def captured_dir(self, image_id: str) -> Path:
+        return self.state / "images" / image_id
+
+    def capture_images(self) -> None:
+        """CreateImage from a builder (the image is tagged with it): copy the builder's
+        prefix to STATE/images/AMI, which nodes of that AMI bind-mount. Runs in the pass that
+        sees the builder terminated, before its node and prefix are torn down: the client
+        makes the image before it terminates the builder, so the image is visible then."""
+        images = self.ec2.describe_images(Owners=["self"], Filters=[
+            {"Name": "tag-key", "Values": [TAG_BUILDER]}])["Images"]
+        for image in images:
+            dest = self.captured_dir(image["ImageId"])
+            builder = {t["Key"]: t["Value"] for t in image.get("Tags", [])}.get(TAG_BUILDER)
+            node = self.running.get(builder or "")
+            if (dest / ".captured").exists() or node is None or node.prefix is None:
+                continue
+            started = time.monotonic()
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            res = subprocess.run(["cp", "-a", "--reflink=auto", str(node.prefix), str(tmp)],
+                                 capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                log.error("image %s: capturing %s failed: %s", image["ImageId"], node.prefix,
+                          res.stderr.strip()[-300:])
+                continue
+            (tmp / ".captured").write_text(builder or "")
+            tmp.chmod(0o755)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+            log.info("image %s captured from %s in %.2f s", image["ImageId"], builder,
+                     time.monotonic() - started)
 
     def _start(self, node: nodes.Node, user_data: bytes) -> None:
         deadline = time.monotonic() + 2 * TERM_GRACE
@@ -286,6 +335,7 @@ class Daemon:
 
     def stop_node(self, iid: str, graceful: bool) -> None:
         node = self.running.pop(iid)
+        self.builders.discard(iid)
         self.imds.clear(iid)
         self.credentials.revoke(iid)     # a terminated instance's credentials stop working
         self.views.pop(node.ip, None)
@@ -334,7 +384,14 @@ class Daemon:
             req.unlink()
 
     def gc_storage(self) -> None:
-        """Drop emulated EFS directories whose file system no longer exists."""
+        """Drop emulated EFS directories whose file system no longer exists, and captured
+        images that were deregistered."""
+        images = self.state / "images"
+        if images.exists():
+            alive = {i["ImageId"] for i in self.ec2.describe_images(Owners=["self"])["Images"]}
+            for path in images.iterdir():
+                if path.name.split(".")[0] not in alive:
+                    shutil.rmtree(path, ignore_errors=True)
         root = self.state / "efs"
         if not root.exists():
             return
