@@ -6,6 +6,7 @@ metadata service and explicit endpoints, so nothing can reach a real account or
 """
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 
@@ -40,6 +41,11 @@ def pytest_configure(config):
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         os.environ.pop(var, None)
     os.environ.update(_SAFE_ENV)
+    # A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT
+    # ignored, and so would every CLI it starts: the Ctrl-C tests would hang instead of
+    # testing anything. Children get the default back from a handled SIGINT here.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CheckIpStub:

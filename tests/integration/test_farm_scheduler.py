@@ -122,11 +122,16 @@ class Bench:
         self.set_hosts(hosts, slots)
 
     def set_hosts(self, hosts, slots=2, states=None):
-        (self.etc / "hostfile").write_text("".join(f"{h} slots={slots}\n" for h in hosts))
+        """As the master's watcher writes them: atomically (a reader never sees half a file;
+        an empty hostfile read mid-write would drop every node)."""
         members = [{"instance_id": f"i-{h}", "private_ip": h, "state": s, "role": "worker",
                     "reason": ""} for h, s in {**{h: "ready" for h in hosts},
                                                **(states or {})}.items()]
-        (self.run_dir / "members.json").write_text(json.dumps(members))
+        for path, text in ((self.run_dir / "members.json", json.dumps(members)),
+                           (self.etc / "hostfile",
+                            "".join(f"{h} slots={slots}\n" for h in hosts))):
+            path.with_name(path.name + ".tmp").write_text(text)
+            os.replace(path.with_name(path.name + ".tmp"), path)
 
     def submit(self, text: str, retries: int = 0) -> str:
         return self.store.new(JobSpec("", ["tasks"], kind="farm", retries=retries),
