@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 @pytest.fixture(scope="module")
 def baked():
     started = time.monotonic()
-    made = cli_json("bake-image", "--default", "--timeout", "600", timeout=700)
+    made = cli_json("bake-image", "--default", "--timeout", "180", timeout=240)   # ~25 s
     made["client_seconds"] = time.monotonic() - started
     return made
 
