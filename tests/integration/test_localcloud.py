@@ -111,7 +111,7 @@ def dyn_run(demo, command: str, marker: str):
     result (`marker`) was printed; any other failure is returned as it is."""
     for _ in range(3):
         res = on_node(demo, "master", f"timeout -k 5 60 {command}", check=False)
-        if res.returncode != 0:   # a wedged run leaves daemons and ranks: none may outlive it
+        if res.returncode != 0 or marker not in res.stdout:   # none of a failed try lives on
             on_node(demo, "master", "pkill -KILL -u $(id -u) -f '[p]rted|[p]ython /shared/' "
                     "; sleep 1", check=False)
         if marker in res.stdout or not (upstream_dyn_crash(res) or res.returncode == 124):
@@ -134,7 +134,8 @@ def assert_ok_or_upstream_dyn_crash(res) -> None:
 
 
 def upstream_dyn_crash(res) -> bool:
-    return res.returncode != 0 and "pmix_server_dyn.c at line 1113" in res.stdout + res.stderr
+    """The upstream bug's own line (mpirun may even exit 0 after it lost a daemon)."""
+    return "pmix_server_dyn.c at line 1113" in res.stdout + res.stderr
 
 
 RMA = r"""
