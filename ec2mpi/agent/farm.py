@@ -26,6 +26,9 @@ from pathlib import Path
 
 log = logging.getLogger("ec2mpi.agent.farm")
 
+# Exit statuses of a task killed by SIGKILL or SIGTERM (bash's 128+N, Popen's -N).
+KILLED = frozenset({137, 143, -9, -15})
+
 from .farm_state import (  # noqa: F401 - the farm's names, in one place
     JOURNAL,
     LOCK,
@@ -346,7 +349,12 @@ class Farm:
             with contextlib.suppress(OSError):
                 (self.dir / OUT / str(key[0])).unlink()
             self.output_seen.discard(key[0])
-        event = self.table.finish(key[0], key[1], int(msg["exit"]), float(msg.get("secs", 0)))
+        code = int(msg["exit"])
+        if code in KILLED:   # its node is going away (a terminated instance kills everything
+            # before the connection drops): a loss, not the task's failure (bounded: max_lost)
+            event = self.table.lose(key[0], key[1], f"killed by a signal on {link.host}")
+        else:
+            event = self.table.finish(key[0], key[1], code, float(msg.get("secs", 0)))
         self.journal.add(event)
         if event and event["e"] in ("done", "failed"):
             self.progress.count()

@@ -424,3 +424,15 @@ def test_farm_help_says_where_state_lives_and_to_write_outputs_atomically():
     text = commands.COMMANDS["farm"].epilog
     assert "--storage none" in text and "lost master loses it" in text
     assert "atomically" in text and "--resume" in text
+
+
+def test_a_task_killed_by_a_signal_is_a_loss_and_bounded(tmp_path):
+    """A terminated instance kills its tasks before its connection drops: SIGKILL/SIGTERM is
+    a loss (run again, no retry spent), up to max_lost times; then it is the task's failure."""
+    bench = Bench(tmp_path)
+    job = bench.submit("true\nkill -9 $$\ntrue\n")
+    f = bench.farm(job)
+    assert f.run() == 1
+    events = [e for e in bench.journal(job) if e.get("task") == 2]
+    assert [e["e"] for e in events if e["e"] != "start"] == ["lost"] * 5 + ["failed"]
+    assert bench.done_counts(job) == {1: 1, 3: 1}
