@@ -95,12 +95,13 @@ class Watcher:
 
     def refresh(self) -> bool:
         """Read the members and the master state; rewrite the hostfiles if they changed."""
-        self.members = self.reg.nodes(self.cluster)
+        members = self.reg.nodes(self.cluster)   # local: the other loop may read meanwhile
+        self.members = members
         self.master_state = self.reg.master_state(self.cluster)
         self._write_members()
-        changed = render_openmpi(self.members) != self.hostfile_text
+        changed = render_openmpi(members) != self.hostfile_text
         if changed:
-            text = write_hostfiles(self.members, self.hostfile_dirs)
+            text = write_hostfiles(members, self.hostfile_dirs)
             self.hostfile_text = text
             self.hostfile_writes += 1
             self.last_write = time.time()
@@ -134,11 +135,12 @@ class Watcher:
             return []
         self.live = {i.instance_id: i for i in self.instances.instances(
             states=("pending", "running"))}
-        if heartbeats:
-            self.members = self.reg.nodes(self.cluster)
+        # its own read: never written back, so a read older than the hostfile's cannot replace
+        # the members the membership loop renders (the two loops run side by side)
+        members = self.reg.nodes(self.cluster) if heartbeats else list(self.members)
         now, s = time.time(), self.settings
         lost = []
-        for n in self.members:
+        for n in members:
             if n.problem or n.instance_id == self.node.instance_id or n.state == "lost":
                 continue
             if n.state == "failed" and n.instance_id in self.live:
