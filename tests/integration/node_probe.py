@@ -15,9 +15,10 @@ def user(job_bucket: str = "", keys_bucket: str = "", cluster: str = "") -> dict
     """As the cluster user: the metadata service, and whatever credentials the SDK finds
     (with a job role: only the job role's), tried on the job's input and the cluster keys."""
     import os
-    url = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or next((
-        line.split("=", 1)[1].strip() for line in open("/etc/ec2mpi/agent.env")
-        if line.startswith("AWS_EC2_METADATA_SERVICE_ENDPOINT=")), "")
+    with open("/etc/ec2mpi/agent.env") as env:
+        url = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or next((
+            line.split("=", 1)[1].strip() for line in env
+            if line.startswith("AWS_EC2_METADATA_SERVICE_ENDPOINT=")), "")
     if not url:   # only the local cloud's emulator: never the real metadata address
         sys.exit("node_probe: AWS_EC2_METADATA_SERVICE_ENDPOINT is not set")
     out = {"static_credentials": any(k in os.environ for k in (
