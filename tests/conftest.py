@@ -101,10 +101,17 @@ def checkip():
 
 
 @pytest.fixture(scope="session")
-def controlplane(tmp_path_factory):
+def consoles(tmp_path_factory):
+    """Where the control plane reads instance consoles (ID/console.log), as the local cloud
+    reads what its nodes write."""
+    return tmp_path_factory.mktemp("consoles")
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory, consoles):
     """One moto server process for the session, with its endpoint exported to every client."""
     from ec2mpi.localcloud.controlplane import start
-    cp = start(tmp_path_factory.mktemp("controlplane"))
+    cp = start(tmp_path_factory.mktemp("controlplane"), consoles=consoles)
     os.environ["AWS_ENDPOINT_URL"] = cp.endpoint
     if cp.ca_path:
         os.environ["AWS_CA_BUNDLE"] = cp.ca_path

@@ -40,6 +40,7 @@ def _boot(args, params, paths) -> int:
     return 0
 
 
+CREDENTIALS_WAIT = 120.0   # s a boot waits for its instance-role credentials
 BOOT_FAILED = 3   # exit status of `run` when boot failed for good: supervisors do not restart it
 
 
@@ -50,10 +51,11 @@ def _run(args, params, paths) -> int:
     from .boot import boot, session_for
     status = paths.run / "boot.status"
     paths.run.mkdir(parents=True, exist_ok=True)
-    aws = session_for(params)
     delay = float(os.environ.get("EC2MPI_BOOT_RETRY_DELAY", "5"))
+    aws = None
     for attempt in (1, 2, 3):
-        try:
+        try:   # a new session each try: botocore keeps a failed credential lookup for good
+            aws = session_for(params, wait=CREDENTIALS_WAIT)
             node = boot(params, paths, aws=aws, ssh_port=args.ssh_port)
             break
         except Exception as err:  # boot is idempotent: a slow first boot gets two more chances

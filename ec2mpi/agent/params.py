@@ -116,9 +116,30 @@ def identity(imds: Imds) -> Identity:
                     (imds.get("meta-data/ami-id") or "").strip())
 
 
-def session_for(params: AgentParams) -> AwsSession:
+def session_for(params: AgentParams, wait: float = 0.0) -> AwsSession:
     """Instance-role credentials (via IMDS); endpoint and CA only when the local cloud sets
-    them."""
+    them. With `wait`, until the role's credentials are there (at most that many seconds):
+    right after launch they can be missing for a while (a new instance profile propagating,
+    a metadata service slow to answer), and botocore gives up after its few tries and keeps
+    that answer for every client of the session, so each try builds a new session."""
+    import logging
+    import random
+    import time
+
     from ..aws.session import AwsSession  # boto3: only the commands that call AWS pay for it
-    return AwsSession(region=params.region, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-                      ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
+    deadline = time.monotonic() + wait
+    tries = 0
+    while True:
+        aws = AwsSession(region=params.region,
+                         endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+                         ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
+        tries += 1
+        if wait <= 0 or aws.has_credentials():
+            return aws
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no instance-role credentials from the metadata service after "
+                               f"{tries} tries in {wait:.0f} s (does the instance have the "
+                               "cluster's instance profile?)")
+        logging.getLogger("ec2mpi.agent").warning(
+            "no instance-role credentials yet (try %d); asking the metadata service again", tries)
+        time.sleep(min(10.0, 0.5 * 2 ** tries) * (0.5 + random.random()))

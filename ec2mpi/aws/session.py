@@ -95,10 +95,12 @@ class AwsSession:
             )
         return region
 
+    def has_credentials(self) -> bool:
+        return self._session.get_credentials() is not None
+
     def check_credentials(self) -> None:
         """Fail early and plainly, before anything is created."""
-        creds = self._session.get_credentials()
-        if creds is None:
+        if not self.has_credentials():
             raise UserError(
                 "no AWS credentials found",
                 "set AWS_PROFILE or run 'aws configure' (or try the local cloud with --local)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from ..errors import BootFailed, WaitTimeout
@@ -9,20 +10,34 @@ from ..errors import BootFailed, WaitTimeout
 log = logging.getLogger(__name__)
 
 
+# A node that fails before it can write to the registry (no role credentials, say) is
+# found in its console: read for the nodes still unregistered after a while, a few at a time.
+CONSOLE_CHECK_AFTER = 30.0      # s into the wait (EC2MPI_CONSOLE_CHECK_AFTER: tests)
+CONSOLE_CHECK_EVERY = 15.0      # s between two checks
+CONSOLE_CHECK_NODES = 4         # consoles read per check (GetConsoleOutput each)
+BOOT_FAILED_MARK = "ec2mpi-bootstrap: FAILED"   # what user-data prints when it gives up
+
+
 def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
-    """Until every id is 'ready' and the master's hostfile lists them (mpirun can use them)."""
+    """Until every id is 'ready' and the master's hostfile lists them (mpirun can use them).
+    A node whose boot gave up ends the wait at once, with its reason."""
     want = set(ids)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
+    after = float(os.environ.get("EC2MPI_CONSOLE_CHECK_AFTER", CONSOLE_CHECK_AFTER))
+    consoles = ConsoleCheck(ops, name, start + after)
     while True:
         nodes = [n for n in ops.registry.nodes(name) if n.instance_id in want]
         ready = {n.instance_id for n in nodes if n.state == "ready"}
-        failed = [n for n in nodes if n.state == "failed"]
+        failed = [(n.instance_id, n.reason) for n in nodes if n.state == "failed"]
+        failed = failed or consoles.failures(sorted(want - {n.instance_id for n in nodes}))
         if failed:
+            iid, reason = failed[0]
             raise BootFailed(
                 f"{len(failed)} of {len(want)} node(s) failed to boot: "
-                f"{failed[0].instance_id}: {failed[0].reason or 'no reason recorded'}",
-                f"see its boot log: ec2mpi logs {failed[0].instance_id} --console -c {name}; "
-                f"remove it with: ec2mpi remove-nodes --node {failed[0].instance_id} -c {name}")
+                f"{iid}: {reason or 'no reason recorded'}",
+                f"see its boot log: ec2mpi logs {iid} --console -c {name}; "
+                f"remove it with: ec2mpi remove-nodes --node {iid} -c {name}")
         ops.say(len(ready), len(want), f"{len(ready)}/{len(want)} nodes ready")
         if ready == want:
             if hostfile_caught_up(ops, name):
@@ -58,3 +73,42 @@ def let_master_drop(ops, name: str, timeout: float) -> None:
                         "removing anyway", timeout)
             return
         time.sleep(ops.poll_interval)
+
+
+class ConsoleCheck:
+    """The consoles of nodes not yet in the registry, a few per check, in turn."""
+
+    def __init__(self, ops, name: str, first: float):
+        self.ops, self.name, self.due, self.turn = ops, name, first, 0
+
+    def failures(self, unregistered: list) -> list:
+        """[(instance id, reason)] of the nodes read this time whose user-data gave up."""
+        if not unregistered or time.monotonic() < self.due:
+            return []
+        self.due = time.monotonic() + CONSOLE_CHECK_EVERY
+        start = self.turn % len(unregistered)
+        chosen = (unregistered[start:] + unregistered[:start])[:CONSOLE_CHECK_NODES]
+        self.turn += len(chosen)
+        from ..aws.instances import Instances
+        instances = Instances(self.ops.aws, self.name)
+        out = []
+        for iid in chosen:
+            try:
+                reason = boot_failure(instances.console_output(iid))
+            except Exception as err:  # noqa: BLE001 - only a hint: the wait goes on
+                log.debug("console of %s: %s", iid, err)
+                continue
+            if reason:
+                out.append((iid, reason))
+        return out
+
+
+def boot_failure(console: str) -> str:
+    """Why user-data gave up, from a console ('' if it did not): its FAILED line and the
+    line before it (the failing step's own message)."""
+    lines = console.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if BOOT_FAILED_MARK in lines[i]:
+            before = lines[i - 1].strip() if i else ""
+            return " ".join(x for x in (before, lines[i].strip()) if x)[:400]
+    return ""

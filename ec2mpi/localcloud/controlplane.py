@@ -197,16 +197,19 @@ def _url(scheme: str, host: str, port: int) -> str:
 
 
 def start(state_dir: str | os.PathLike, host: str = "127.0.0.1", timeout: float = 30.0,
-          enforce: bool = False) -> ControlPlane:
+          enforce: bool = False, consoles: Path | None = None) -> ControlPlane:
     """With `enforce`, only credentials of the store in state_dir are accepted, and node
-    role credentials are authorized by their role's policies (enforce.py)."""
+    role credentials are authorized by their role's policies (enforce.py). With `consoles`
+    (the local cloud's nodes directory), GetConsoleOutput answers each instance's own
+    console (NODES/ID/console.log), as EC2 does, instead of moto's fixed sample."""
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     info_path = state / "controlplane.json"
     info_path.unlink(missing_ok=True)
     log = open(state / "controlplane.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "ec2mpi.localcloud.controlplane", "--host", host,
-                             "--state-dir", str(state)] + (["--enforce"] if enforce else []),
+                             "--state-dir", str(state)] + (["--enforce"] if enforce else [])
+                            + (["--consoles", str(consoles)] if consoles else []),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,7 +272,8 @@ def _servers():
     return PlainServer, TlsServer
 
 
-def serve(host: str, state_dir: Path, enforce: bool = False) -> None:
+def serve(host: str, state_dir: Path, enforce: bool = False,
+          consoles: Path | None = None) -> None:
     import logging
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -279,6 +283,7 @@ def serve(host: str, state_dir: Path, enforce: bool = False) -> None:
     if not os.environ.get("EC2MPI_CONTROLPLANE_ACCESS_LOG"):
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     fidelity.apply()
+    fidelity.CONSOLES = consoles
     ca_path, cert_path, key_path = ensure_tls(state_dir, host)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -347,8 +352,10 @@ def main(argv=None) -> None:
     ap.add_argument("--state-dir", required=True, type=Path)
     ap.add_argument("--enforce", action="store_true", help="accept only the store's keys; "
                     "authorize node roles by their policies")
+    ap.add_argument("--consoles", type=Path, default=None,
+                    help="nodes directory: GetConsoleOutput reads NODES/ID/console.log")
     args = ap.parse_args(argv)
-    serve(args.host, args.state_dir, args.enforce)
+    serve(args.host, args.state_dir, args.enforce, args.consoles)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class Daemon:
         self.credentials = CredentialStore(self.state / "controlplane")
         self.credentials.client()      # before the control plane, which accepts only these
         self.cp = start_controlplane(self.state / "controlplane", host=nodes.GATEWAY,
-                                     enforce=True)
+                                     enforce=True, consoles=self.nodes_root)
         self.imds = ImdsServer(nodes.GATEWAY, 0, self.views.get).start()
         self.index = PackageIndex(nodes.GATEWAY, wheelhouse()).start()
         firewall.close(nodes.GATEWAY, [self.cp.endpoint, self.cp.http_endpoint, self.imds.url,

@@ -110,6 +110,12 @@ What is patched, and why (moto 5.2.1 source references):
    address: not nodes). `GET|POST|DELETE /_ec2mpi/capacity` reads, sets
    (`{"type", "az", "lifecycle", "count"}`, null = any / unlimited) and resets the pools
    (see fidelity_capacity.py); `GET /_ec2mpi/dynamodb/item-locks` lists held item locks.
+
+8. GetConsoleOutput (moto/ec2/responses/general.py): moto answers every instance with one
+   fixed sample kernel log, so `ec2mpi logs --console` and the boot-failure check of
+   `create` saw nothing of a node's boot. With `serve --consoles NODES` (the local cloud
+   passes its nodes directory) it answers the last 64 KiB of NODES/ID/console.log, where
+   the node's user-data writes, and no Output before the node started, as EC2 does.
 """
 from __future__ import annotations
 
@@ -117,9 +123,11 @@ import contextvars
 import ipaddress
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
 
@@ -372,6 +380,8 @@ def apply() -> None:
     _applied = True
 
 
+CONSOLES: Path | None = None   # the local cloud's nodes directory (serve --consoles)
+CONSOLE_KEPT = 64 * 1024       # what GetConsoleOutput returns of a console, as on EC2
 _EC2_LOCK = threading.Lock()
 _ec2_applied = False
 
@@ -425,6 +435,29 @@ def _apply_ec2() -> None:
                 return result
 
             setattr(Fleet, method, launch_with_profiles)
+
+        # 8. GetConsoleOutput: the instance's own console, its last 64 KiB, as EC2 keeps it.
+        if CONSOLES is not None:
+            from moto.core.responses import ActionResult
+            from moto.core.utils import utcnow
+            from moto.ec2.responses.general import General
+            from moto.ec2.utils import Base64EncodedString
+
+            def get_console_output(self) -> ActionResult:
+                instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+                try:
+                    with open(CONSOLES / instance.id / "console.log", "rb") as f:
+                        f.seek(0, os.SEEK_END)
+                        f.seek(max(0, f.tell() - CONSOLE_KEPT))
+                        text = f.read().decode(errors="replace")
+                except OSError:
+                    text = ""   # not started yet (EC2 answers without output then)
+                result = {"InstanceId": instance.id, "Timestamp": utcnow()}
+                if text:
+                    result["Output"] = Base64EncodedString.from_raw_string(text)
+                return ActionResult(result)
+
+            General.get_console_output = get_console_output
 
         # 6. Capacity pools: fleets and RunInstances launch what the pools allow.
         from ec2mpi.localcloud import fidelity_capacity

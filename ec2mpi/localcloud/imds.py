@@ -51,6 +51,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class BusyHTTPServer(ThreadingHTTPServer):
+    """A listen backlog for a whole cluster booting at once: with socketserver's default of
+    5, 32 nodes asking together overflowed it, dropped connections waited for the kernel's
+    SYN retransmits (1, 3, 7 s ...), and botocore gave up on a node's role credentials."""
+    request_queue_size = 1024
+
+
 class ImdsServer:
     """`ImdsServer(host, port, lookup)`; start() / stop(); `url` ends with '/'. port 0 = any free
     port."""
@@ -61,7 +68,7 @@ class ImdsServer:
         self._interruptions: dict[str, dict] = {}
         self._rebalance: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._httpd = BusyHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

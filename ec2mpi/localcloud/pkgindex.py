@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
+
+from .imds import BusyHTTPServer
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -21,7 +23,7 @@ class PackageIndex:
 
     def __init__(self, host: str, directory: Path, port: int = 0):
         handler = functools.partial(_Quiet, directory=str(directory))
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd = BusyHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
 
     @property

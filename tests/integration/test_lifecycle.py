@@ -236,6 +236,35 @@ def test_a_node_whose_boot_gave_up_ends_the_wait_at_once_with_its_reason(aws, cl
     mgr.destroy(cluster_name)
 
 
+def test_a_node_that_gives_up_before_it_can_register_ends_the_wait_from_its_console(
+        aws, cluster_name, consoles, monkeypatch):
+    """A boot can fail before the node may write to the registry (no role credentials yet):
+    its console is all that says so, and the wait reads it instead of running out."""
+    monkeypatch.setenv("EC2MPI_CONSOLE_CHECK_AFTER", "0")
+    mgr = manager(aws)
+    mgr.create(ClusterSpec(cluster_name, nodes=2, ssh_cidr=CIDR, storage="none"), wait=False)
+    ids = live_ids(aws, cluster_name)
+    play_agents(aws, cluster_name, ids[:1])
+    console = consoles / ids[1] / "console.log"
+    console.parent.mkdir()
+    console.write_text("ec2mpi-bootstrap 2026-11-26T17:36:20Z: ec2mpi-agent boot\n")
+    with pytest.raises(WaitTimeout):               # still booting: the wait goes on
+        mgr.wait_ready(cluster_name, ids, timeout=1)
+    why = "ec2mpi-agent: boot failed: Unable to locate credentials"
+    with console.open("a") as f:                    # what user-data prints when it gives up
+        f.write(f"{why}\nec2mpi-bootstrap: FAILED at step: ec2mpi-agent boot (exit 3); "
+                "log: /var/log/ec2mpi/bootstrap.log\n")
+    started = time.monotonic()
+    with pytest.raises(BootFailed) as err:
+        mgr.wait_ready(cluster_name, ids, timeout=60)
+    assert time.monotonic() - started < 30
+    assert ids[1] in err.value.message and why in err.value.message
+    assert f"remove-nodes --node {ids[1]}" in err.value.hint
+    assert why in mgr.console_output(cluster_name, ids[1])       # `logs --console` shows it
+    assert mgr.console_output(cluster_name, ids[0]) == ""       # no console yet: no output
+    mgr.destroy(cluster_name)
+
+
 @pytest.mark.parametrize("crash_at", ["security group", "launch template", "launched"])
 def test_create_resumes_after_crash_without_doubling(aws, cluster_name, crash_at):
     spec = ClusterSpec(cluster_name, nodes=3, ssh_cidr=CIDR, storage="s3fs")
