@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import ipaddress
 import json
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,8 +234,63 @@ def _servers():
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
     class KeepAliveHandler(WSGIRequestHandler):
-        """HTTP/1.1: clients reuse connections instead of a TLS handshake per request."""
+        """HTTP/1.1 keep-alive: clients reuse connections instead of a TCP and TLS handshake
+        per request. werkzeug's own run_wsgi sends `Connection: close` on every response (and
+        then waits 10 ms for stray input): each request of a booting node paid a handshake
+        and, client side, a CA-bundle load (~45 ms of CPU with the system bundle). Here the
+        request body is read whole (Content-Length, or chunked) before the app runs, and the
+        response is buffered and sent with its exact Content-Length, so the next request on
+        the connection starts exactly where this one ended."""
         protocol_version = "HTTP/1.1"
+        timeout = 120   # an idle connection's thread ends (clients reconnect transparently)
+
+        def run_wsgi(self) -> None:
+            environ = self.make_environ()
+            if environ.get("wsgi.input_terminated"):          # chunked: dechunked whole
+                body = environ["wsgi.input"].read()
+            else:
+                body = self.rfile.read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ.pop("werkzeug.socket", None)              # nothing may read past it
+            started: list = []
+
+            def start_response(status, headers, exc_info=None):
+                started[:] = [status, headers]
+                return lambda data: chunks.append(data)
+
+            chunks: list = []
+            try:
+                result = self.server.app(environ, start_response)
+                try:
+                    chunks.extend(result)
+                finally:
+                    if hasattr(result, "close"):
+                        result.close()
+                status, headers = started
+            except Exception:   # noqa: BLE001 - answer 500 and close, as werkzeug does
+                self.log_error("error on request %s:\n%s", self.requestline,
+                               traceback.format_exc())
+                status, headers, chunks = "500 Internal Server Error", [], [b""]
+                self.close_connection = True
+            data = b"".join(chunks)
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            given = {k.lower() for k, _ in headers}
+            for key, value in headers:
+                if key.lower() in ("connection", "transfer-encoding") or (
+                        key.lower() == "content-length" and self.command != "HEAD"):
+                    continue
+                self.send_header(key, value)
+            if self.command != "HEAD" and int(code) not in (204, 304) and int(code) >= 200:
+                self.send_header("Content-Length", str(len(data)))
+            elif self.command == "HEAD" and "content-length" not in given:
+                self.send_header("Content-Length", "0")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            self.wfile.flush()
 
     class PlainServer(ThreadedWSGIServer):
         """TCP_NODELAY on every connection: werkzeug writes status, headers and body

@@ -15,6 +15,13 @@ touches the backend) with:
   and its TransactWriteItems rollback (which swaps in a deep copy of the whole table), are
   not safe against concurrent mutation. Reads take it too: they iterate moto's dicts.
 - AWS's ClientRequestToken idempotency for TransactWriteItems (10 minutes).
+- items answered as they are stored (`serialized`): moto 5.2 serializes every attribute
+  value of a response by walking botocore's shape model, ~0.4 ms per attribute; a
+  1000-node Query took most of a core, and under a cluster's heartbeats it starved every
+  other request. Items are already DynamoDB JSON (`{"S": ...}`, `{"N": ...}`, M, L, sets),
+  so Item/Items/Attributes/Responses go out as they are when they hold only JSON values,
+  and moto serializes the rest of the response. Same bytes on the wire (a test compares
+  both serializers).
 
 TEST-ONLY hook: a write request carrying the header `x-ec2mpi-test-hold-item-locks: SECONDS`
 (at most 10) keeps its item locks that long before it runs, so that tests can race a second
@@ -23,6 +30,7 @@ locks. No AWS client sends that header; the product never does.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -253,12 +261,61 @@ def _transact_write(handler: Any, original: Callable, body: dict) -> tuple:
                 _IN_FLIGHT.pop(key, None)
 
 
+ITEM_MEMBERS = ("Item", "Items", "Attributes", "Responses")   # what `serialized` passes as is
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def wire(value: Any) -> Any:
+    """An item member as DynamoDB JSON puts it on the wire: binary values in base64, every
+    other value JSON's own type; _NotPlain for anything else (moto serializes it then)."""
+    if isinstance(value, dict):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [wire(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    raise _NotPlain
+
+
+def serialized(handler: Any, action_result: Any, original: Callable) -> tuple:
+    """moto's `serialized`, with the item members of a result sent as they are stored."""
+    from moto.core.responses import ActionResult, PaginatedResult
+    result = action_result.result
+    if not isinstance(action_result, ActionResult) or isinstance(action_result, PaginatedResult) \
+            or not isinstance(result, dict):
+        return original(handler, action_result)
+    items = {}
+    for key in ITEM_MEMBERS:
+        if key in result:
+            try:
+                items[key] = wire(result[key])
+            except _NotPlain:
+                pass
+    if not items:
+        return original(handler, action_result)
+    rest = ActionResult({k: v for k, v in result.items() if k not in items})
+    status, headers, body = original(handler, rest)
+    data = json.loads(body) if body else {}
+    data.update(items)
+    return status, headers, json.dumps(data, separators=(",", ":"))
+
+
 def apply() -> None:
     """Wrap moto's DynamoDB handler (the caller makes this idempotent)."""
     from moto.dynamodb.responses import DynamoHandler
     original = DynamoHandler.call_action
+    original_serialized = DynamoHandler.serialized
 
     def patched(self):
         return call_action(self, original)
 
+    def patched_serialized(self, action_result):
+        return serialized(self, action_result, original_serialized)
+
     DynamoHandler.call_action = patched
+    DynamoHandler.serialized = patched_serialized
