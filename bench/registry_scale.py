@@ -418,7 +418,7 @@ def main() -> int:
         ws = settings
         scheduled = (60 / ws.poll + 60 / ws.master_heartbeat_every
                      + 60 / min(ws.liveness_every, ws.heartbeat_check_every)
-                     + 2 * 60 / ws.heartbeat_check_every)
+                     + 60 / ws.heartbeat_check_every)
         print(f"agents:                   {n} worker threads over {len(pool)} AWS sessions, "
               f"+1 master (setup {setup_s:.1f}s, not timed)")
         print(f"watcher settings:         poll {settings.poll:g}s, worker heartbeat "
@@ -447,7 +447,7 @@ def main() -> int:
               f"{args.steady:g}s: " + ", ".join(f"{k} {num(v)}" for k, v in m_rate.items())
               + (" (the epoch moved meanwhile)" if steady_moved else "")
               + f"; {num(scheduled)}/min by the settings' schedule (epoch reads, own "
-              "heartbeats, liveness DescribeInstances, heartbeat checks: cluster item + Query)")
+              "heartbeats, liveness DescribeInstances, heartbeat checks: a node-list Query)")
         print(f"workers, steady state:    {w_rate:.1f} requests/min each "
               f"({w_total * 60 / args.steady:.0f}/min for all); control plane CPU "
               f"{cp_steady / args.steady:.2f} cores")

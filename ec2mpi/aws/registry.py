@@ -34,6 +34,7 @@ from ..errors import CloudError, UserError, explain_client_error
 from .registry_items import (  # noqa: F401 - the registry's names, in one place
     AVOID_MAX,
     AVOID_SECONDS,
+    KEY_PROBLEM,
     LIFECYCLES,
     MEMBERS_INDEX,
     NODE_STATES,
@@ -50,6 +51,7 @@ from .registry_items import (  # noqa: F401 - the registry's names, in one place
 from .session import AwsSession, ClientError, error_code
 
 _ser, _de = TypeSerializer(), TypeDeserializer()
+ROLES_KEPT = 300.0   # s a Registry keeps a cluster's role ids
 
 
 def _value(v):
@@ -95,6 +97,7 @@ class Registry:
         self.session = session
         self.table = table
         self.ddb = session.client("dynamodb")
+        self._roles: dict = {}     # cluster -> (role ids, time.monotonic() until kept)
 
     # -- table ------------------------------------------------------------------
     def ensure_table(self) -> bool:
@@ -218,7 +221,28 @@ class Registry:
     def nodes(self, name: str, validate: bool = True) -> list[Node]:
         """Every node item of the cluster (the members index). With `validate`, each Node
         carries `problem` when its item cannot be trusted (callers must skip those)."""
-        roles = (self.get_cluster(name) or {}).get("roles", {}) if validate else {}
+        if not validate:
+            return self._nodes(name, False, {})
+        cached = name in self._roles and time.monotonic() < self._roles[name][1]
+        nodes = self._nodes(name, True, self.roles(name))
+        if cached and any(n.problem.startswith(KEY_PROBLEM) for n in nodes):
+            self._roles.pop(name, None)     # the roles may have changed: ask once more
+            nodes = self._nodes(name, True, self.roles(name))
+        return nodes
+
+    def roles(self, name: str) -> dict:
+        """The role ids the client recorded (node keys name them), from the cluster item;
+        kept for ROLES_KEPT seconds: they change only when the cluster's roles are made
+        again, and a watcher reading them with every node list paid a request for nothing."""
+        now = time.monotonic()
+        if name not in self._roles or now >= self._roles[name][1]:
+            roles = (self.get_cluster(name) or {}).get("roles", {})
+            if not roles:
+                return {}          # not recorded yet (a boot waits for them): not kept
+            self._roles[name] = (roles, now + ROLES_KEPT)
+        return self._roles[name][0]
+
+    def _nodes(self, name: str, validate: bool, roles: dict) -> list[Node]:
         out, kwargs = [], {}
         while True:
             resp = self._call("dynamodb:Query", lambda kw=kwargs: self.ddb.query(

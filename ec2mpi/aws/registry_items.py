@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 MEMBERS_INDEX = "members"
+KEY_PROBLEM = "its key does not name"   # a node item's key and claimed identity disagree
 NODE_STATES = ("booting", "ready", "draining", "lost", "failed")   # failed: boot gave up
 LIFECYCLES = ("spot", "on-demand")
 ROLES = ("master", "worker")
@@ -100,7 +101,7 @@ def node_problem(node: Node, cluster: str, roles: dict) -> str:
     if node.role not in ROLES:
         return "role is unknown"
     if roles and node.key != node_pk(cluster, roles.get(node.role, "?"), node.instance_id):
-        return f"its key does not name {node.instance_id} with the {node.role} role"
+        return f"{KEY_PROBLEM} {node.instance_id} with the {node.role} role"
     try:
         if ipaddress.ip_address(node.private_ip).version != 4:
             raise ValueError

@@ -112,3 +112,27 @@ def test_fifty_concurrent_registrations_are_all_kept(aws, cluster_name):
     assert len({n.instance_id for n in reg.nodes(cluster_name)}) == 50
     assert reg.epoch(cluster_name) >= 50        # a retried ADD may count twice; never less
     reg.delete_cluster(cluster_name)
+
+
+def test_node_lists_read_the_role_ids_once_until_they_change(aws, cluster_name):
+    """Every node-list read validates item keys against the cluster's role ids; a watcher
+    paid one cluster-item read per node list for ids that do not change. They are kept, and
+    read again when an item's key names other ids (the roles were made again)."""
+    from ec2mpi.aws.session import CallCounter
+    cluster(aws, cluster_name)
+    writer = Registry(aws)
+    writer.put_node(cluster_name, node(cluster_name, "i-00000000000000001", "10.0.0.1"))
+    reader = Registry(aws)
+    counter = CallCounter(aws)
+    for _ in range(3):
+        assert [n.problem for n in reader.nodes(cluster_name)] == [""]
+    assert counter.calls == {"dynamodb:Query": 3, "dynamodb:GetItem": 1}
+    new = {"master": "AROAMASTER0000000002", "worker": "AROAWORKER0000000002"}
+    writer.update_cluster(cluster_name, roles=new)
+    late = Node("i-00000000000000002", "worker", "10.0.0.2", "ip-10-0-0-2", 2)
+    late.key = node_pk(cluster_name, new["worker"], late.instance_id)
+    writer.put_node(cluster_name, late)
+    problems = {n.instance_id: n.problem for n in reader.nodes(cluster_name)}
+    assert problems["i-00000000000000002"] == ""        # read the new ids, not refused
+    assert problems["i-00000000000000001"].startswith("its key does not name")
+    counter.close()
