@@ -118,8 +118,8 @@ class Daemon:
         self.node_env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url,
             "AWS_ENDPOINT_URL": self.cp.endpoint,
-            # the node's system bundle, which trusts the local CA (nodes.py) and every user reads
-            "AWS_CA_BUNDLE": nodes.SYSTEM_CA_BUNDLE,
+            # the local cloud's CA alone (nodes.py; the system bundle trusts it too, for s3fs)
+            "AWS_CA_BUNDLE": f"{nodes.PRIVATE_DIRS['etc']}/{nodes.LOCAL_CA_NAME}",
             "AWS_DEFAULT_REGION": REGION,
             "EC2MPI_MOUNT_HOOK": str(self.state / "mount-hook"),
             "EC2MPI_SSHD_PIDFILE": "/run/ec2mpi/sshd.pid",
