@@ -97,15 +97,15 @@ class Watcher:
         """Read the members and the master state; rewrite the hostfiles if they changed."""
         members = self.reg.nodes(self.cluster)   # local: the other loop may read meanwhile
         self.members = members
-        self.master_state = self.reg.master_state(self.cluster)
         self._write_members()
         changed = render_openmpi(members) != self.hostfile_text
-        if changed:
+        if changed:   # first: the master state read below must not delay mpirun's view
             text = write_hostfiles(members, self.hostfile_dirs)
             self.hostfile_text = text
             self.hostfile_writes += 1
             self.last_write = time.time()
             log.info("epoch %s: hostfile now has %d node(s)", self.epoch, text.count("\n"))
+        self.master_state = self.reg.master_state(self.cluster)
         if self.epoch is not None and self.master_state.get("hostfile_epoch") != self.epoch:
             self.publish(self.epoch)
         return changed
