@@ -273,9 +273,9 @@ def test_items_are_answered_exactly_as_moto_serializes_them(controlplane):
         for c in clients:
             bodies = []
             table = "fast-" + uuid.uuid4().hex[:8]
-            c.meta.events.register("before-parse.dynamodb.*", lambda response_dict, t=table, **_:
-                                   bodies.append(json.loads((response_dict["body"] or b"{}")
-                                                            .replace(t.encode(), b"T"))))
+            def keep(response_dict, t=table, out=bodies, **_):
+                out.append(json.loads((response_dict["body"] or b"{}").replace(t.encode(), b"T")))
+            c.meta.events.register("before-parse.dynamodb.*", keep)
             c.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
                            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
                                                  for a in ("pk", "sk")],
