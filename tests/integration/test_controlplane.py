@@ -282,3 +282,31 @@ def test_dynamodb_conditional_adds_are_atomic(controlplane):
     ]["N"]
     took = time.monotonic() - t0
     assert int(epoch) == 40, f"lost updates ({took:.1f}s, {len(conflicts)} conflicts)"
+
+
+def test_clients_keep_their_connection_across_requests(controlplane, caplog):
+    """HTTP/1.1 keep-alive: werkzeug's own handler closed every connection, so each request
+    paid a TCP and TLS handshake (and the client a CA-bundle load). One client, many
+    requests of every shape (bodies, HEAD, 204, errors): one connection."""
+    import logging
+    caplog.set_level(logging.DEBUG, logger="urllib3.connectionpool")
+    kw = {"region_name": "us-east-1", "endpoint_url": controlplane.endpoint,
+          "verify": controlplane.ca_path}
+    s3 = boto3.client("s3", **kw)
+    bucket = "keepalive-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 300_000)
+    assert len(s3.get_object(Bucket=bucket, Key="k")["Body"].read()) == 300_000
+    assert s3.head_object(Bucket=bucket, Key="k")["ContentLength"] == 300_000
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="missing")
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=bucket, Key="missing")
+    s3.delete_object(Bucket=bucket, Key="k")
+    s3.delete_bucket(Bucket=bucket)
+    ddb = boto3.client("dynamodb", **kw)
+    for _ in range(3):
+        ddb.list_tables()
+    opened = [r.getMessage() for r in caplog.records if "Starting new" in r.getMessage()]
+    dropped = [r.getMessage() for r in caplog.records if "dropped connection" in r.getMessage()]
+    assert len(opened) == 2 and not dropped, opened + dropped     # one per client
