@@ -27,10 +27,16 @@ class UserDataParams:
 
 
 def render(params: UserDataParams) -> str:
-    """Substitute @NAME@ placeholders with shell-quoted values."""
-    text = TEMPLATE.read_text()
+    return _fill(TEMPLATE.read_text(), params)
+
+
+def _fill(text: str, params, **verbatim: str) -> str:
+    """Substitute @NAME@ placeholders with shell-quoted values, then `verbatim` ones as
+    they are (an embedded script keeps its own @...@); within EC2's size limit."""
     for key, value in asdict(params).items():
         text = text.replace(f"@{key.upper()}@", shlex.quote(str(value)))
+    for key, value in verbatim.items():
+        text = text.replace(f"@{key.upper()}@", value)
     if len(text.encode()) > MAX_BYTES:
         raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {MAX_BYTES}")
     return text
@@ -54,10 +60,5 @@ class BakeParams:
 
 def render_bake(params: BakeParams) -> str:
     """The builder stub with bake-ami.sh embedded (one script, run by user-data)."""
-    text = BAKE_TEMPLATE.read_text()
-    for key, value in asdict(params).items():
-        text = text.replace(f"@{key.upper()}@", shlex.quote(str(value)))
-    text = text.replace("@BAKE_SCRIPT@", BAKE_SCRIPT.read_text().rstrip("\n"))
-    if len(text.encode()) > MAX_BYTES:
-        raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {MAX_BYTES}")
-    return text
+    return _fill(BAKE_TEMPLATE.read_text(), params,
+                 bake_script=BAKE_SCRIPT.read_text().rstrip("\n"))

@@ -56,6 +56,10 @@ def remember_cluster(name: str | None) -> None:
     if state.get("last_cluster") == name:
         return
     state["last_cluster"] = name
+    _write_state(state)
+
+
+def _write_state(state: dict) -> None:
     path = ensure_dir() / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
@@ -102,7 +106,4 @@ def remember_image(where: str, version: str, image_id: str) -> None:
     """The default image of `where` for this ec2mpi version (create uses it)."""
     state = _read_state()
     state.setdefault("images", {}).setdefault(where, {})[version] = image_id
-    path = ensure_dir() / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    _write_state(state)

@@ -140,25 +140,22 @@ class KeyStore:
         return key
 
     def get(self, cluster: str, name: str) -> bytes:
-        key = self.prefix(cluster) + name
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key,
-                                      ExpectedBucketOwner=self.owner)["Body"].read()
-        except ClientError as err:
-            if error_code(err) in ("NoSuchKey", "404"):
-                raise CloudError(f"s3://{self.bucket}/{key} is missing",
-                                 "the cluster's key store was deleted; destroy and re-create "
-                                 "the cluster") from None
-            raise explain_client_error("s3:GetObject", err) from err
+        data = self.get_optional(cluster, name)
+        if data is None:
+            raise CloudError(f"s3://{self.bucket}/{self.prefix(cluster) + name} is missing",
+                             "the cluster's key store was deleted; destroy and re-create "
+                             "the cluster")
+        return data
 
     def get_optional(self, cluster: str, name: str) -> bytes | None:
         """The object, or None while it does not exist (a status someone else writes)."""
         try:
-            return self.get(cluster, name)
-        except CloudError as err:
-            if "is missing" in err.message:
+            return self.s3.get_object(Bucket=self.bucket, Key=self.prefix(cluster) + name,
+                                      ExpectedBucketOwner=self.owner)["Body"].read()
+        except ClientError as err:
+            if error_code(err) in ("NoSuchKey", "404"):
                 return None
-            raise
+            raise explain_client_error("s3:GetObject", err) from err
 
     def objects(self, cluster: str, sub: str = "") -> list[dict]:
         """Every object under clusters/NAME/SUB (Key, Size, ...)."""

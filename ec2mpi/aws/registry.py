@@ -223,11 +223,12 @@ class Registry:
         carries `problem` when its item cannot be trusted (callers must skip those)."""
         if not validate:
             return self._nodes(name, False, {})
-        cached = name in self._roles and time.monotonic() < self._roles[name][1]
-        nodes = self._nodes(name, True, self.roles(name))
-        if cached and any(n.problem.startswith(KEY_PROBLEM) for n in nodes):
-            self._roles.pop(name, None)     # the roles may have changed: ask once more
-            nodes = self._nodes(name, True, self.roles(name))
+        roles = self.roles(name)
+        nodes = self._nodes(name, True, roles)
+        if any(n.problem.startswith(KEY_PROBLEM) for n in nodes):
+            self._roles.pop(name, None)     # kept ids may be old: ask, judge again if so
+            if self.roles(name) != roles:
+                nodes = self._nodes(name, True, self.roles(name))
         return nodes
 
     def roles(self, name: str) -> dict:

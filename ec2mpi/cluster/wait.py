@@ -5,6 +5,7 @@ import logging
 import os
 import time
 
+from ..aws.instances import Instances
 from ..errors import BootFailed, WaitTimeout
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ class ConsoleCheck:
         start = self.turn % len(unregistered)
         chosen = (unregistered[start:] + unregistered[:start])[:CONSOLE_CHECK_NODES]
         self.turn += len(chosen)
-        from ..aws.instances import Instances
         instances = Instances(self.ops.aws, self.name)
         out = []
         for iid in chosen:

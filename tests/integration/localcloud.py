@@ -6,7 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import have_root_namespaces
 
+WHY = have_root_namespaces()   # why the local cloud cannot run here ("" if it can)
+NEEDS_LOCAL_CLOUD = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WAIT = ("--timeout", "120")   # what a create or add-nodes of a few local nodes may take, at most
 STATE = {"dir": ""}           # the local cloud's state dir, set by local_env

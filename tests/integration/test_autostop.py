@@ -5,8 +5,8 @@ resize brings it back with the same /shared.
 Needs root and namespaces (CI is root); elsewhere it skips and says why.
 """
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     WAIT,
     cli,
     cli_json,
@@ -15,8 +15,7 @@ from localcloud import (
     wait_for,
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 NAME = "e2e-auto"
 
 

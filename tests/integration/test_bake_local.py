@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     STATE,
     cli,
     cli_json,
@@ -23,8 +23,7 @@ from localcloud import (
 
 from ec2mpi import __version__, userdirs
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ Needs root and namespaces (like test_localcloud.py); elsewhere it skips and says
 import json
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     cli,
     cli_json,
     local_env,  # noqa: F401 - the module's local cloud (an autouse fixture)
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 TYPES = ("c6i.large", "c6a.large", "c5.large")    # the default instance types
 
 

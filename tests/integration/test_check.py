@@ -9,8 +9,8 @@ import json
 import time
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     WAIT,
     cli,
     cli_json,
@@ -20,8 +20,6 @@ from localcloud import (
     wait_for,
 )
 
-WHY = have_root_namespaces()
-local_cloud = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
 NAME = "e2e-check"
 TIMINGS: dict = {}
 
@@ -50,7 +48,7 @@ def slow_ids(data):
     return [n["instance_id"] for n in data["nodes"] if n["slow"]]
 
 
-@local_cloud
+@NEEDS_LOCAL_CLOUD
 def test_create_check_finds_a_new_cluster_healthy(cluster):
     _name, res, data = cluster
     assert res.returncode == 0, res.stdout + res.stderr
@@ -59,7 +57,7 @@ def test_create_check_finds_a_new_cluster_healthy(cluster):
     assert all(n["latency_us"] and n["bandwidth_mib_s"] and n["mpi4py"] for n in nodes)
 
 
-@local_cloud
+@NEEDS_LOCAL_CLOUD
 def test_check_names_exactly_the_slowed_node_and_off_restores_it(cluster):
     name = cluster[0]
     victim = next(n for n in nodes_of(name) if n["role"] == "worker")["instance_id"]
@@ -80,7 +78,7 @@ def test_check_names_exactly_the_slowed_node_and_off_restores_it(cluster):
     assert all(j["state"] == "done" for j in jobs)
 
 
-@local_cloud
+@NEEDS_LOCAL_CLOUD
 def test_drain_slow_removes_the_slow_node_and_keep_size_replaces_it(cluster):
     name = cluster[0]
     victim = next(n for n in nodes_of(name) if n["role"] == "worker")

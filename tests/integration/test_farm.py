@@ -10,8 +10,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     WAIT,
     cli,
     cli_json,
@@ -21,8 +21,7 @@ from localcloud import (
     wait_for,
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 NAME = "e2e-farm"
 
 

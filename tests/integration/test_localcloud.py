@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
     EXAMPLES,
+    NEEDS_LOCAL_CLOUD,
     STATE,
     WAIT,
     cli,
@@ -23,8 +23,7 @@ from localcloud import (
     wait_for,
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
     EXAMPLES,
+    NEEDS_LOCAL_CLOUD,
     WAIT,
     cli,
     cli_json,
@@ -25,8 +25,7 @@ from localcloud import (
     wait_for,
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 NAME = "e2e-spot"
 
 

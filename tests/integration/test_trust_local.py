@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import have_root_namespaces
 from localcloud import (
+    NEEDS_LOCAL_CLOUD,
     STATE,
     WAIT,
     cli,
@@ -23,8 +23,7 @@ from localcloud import (
     on_node,
 )
 
-WHY = have_root_namespaces()
-pytestmark = pytest.mark.skipif(bool(WHY), reason=f"local cloud: {WHY}")
+pytestmark = NEEDS_LOCAL_CLOUD
 NAME = "e2e-trust"
 OTHER = "e2e-trust-stranger"
 PROBE = Path(__file__).with_name("node_probe.py")
