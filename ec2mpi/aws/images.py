@@ -102,8 +102,7 @@ class Images:
     def tag_snapshots(self, image_id: str, tags: list[dict]) -> None:
         """The image's snapshots carry its tags (tagged once the image is available: moto
         has no snapshot TagSpecifications in CreateImage, and the ids are known then)."""
-        snaps = [m["Ebs"]["SnapshotId"] for m in (self.image(image_id) or {}).get(
-            "BlockDeviceMappings", []) if (m.get("Ebs") or {}).get("SnapshotId")]
+        snaps = _snapshots(self.image(image_id) or {})
         if snaps:
             try:
                 self.ec2.create_tags(Resources=snaps, Tags=tags)
@@ -129,9 +128,7 @@ class Images:
 
     def deregister(self, image_id: str) -> None:
         """Undo a half-made image (and its snapshots) after a failure."""
-        image = self.image(image_id) or {}
-        snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
-                 if (m.get("Ebs") or {}).get("SnapshotId")]
+        snaps = _snapshots(self.image(image_id) or {})
         try:
             self.ec2.deregister_image(ImageId=image_id)
             for snap in snaps:
@@ -146,3 +143,9 @@ class Images:
             {"Name": "instance-state-name",
              "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}])
         return [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
+
+
+def _snapshots(image: dict) -> list[str]:
+    """The snapshot ids behind an image's EBS block devices."""
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
+            if (m.get("Ebs") or {}).get("SnapshotId")]
