@@ -1,6 +1,7 @@
 """Render the user-data stub from bootstrap/. It carries only non-secret parameters."""
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,10 @@ class UserDataParams:
 
 
 def render(params: UserDataParams) -> str:
-    return _fill(TEMPLATE.read_text(), params)
+    """The stub, with the parameters twice: as shell variables for its own steps, and as the
+    agent's agent.json (so that no interpreter starts just to write a file)."""
+    return _fill(TEMPLATE.read_text(), params,
+                 agent_json=shlex.quote(json.dumps(asdict(params), indent=1)))
 
 
 def _fill(text: str, params, **verbatim: str) -> str:

@@ -12,6 +12,8 @@ heartbeat is older than `lost_after` are marked lost, one membership change each
 
 Steady-state cost of the master, whatever the cluster size, with the default settings:
 30 epoch reads + 2 own heartbeats + 4 DescribeInstances + 2 node-list reads = 38 per minute.
+While a member is still booting the epoch is read every `busy_poll` (0.5 s) instead: create
+and add-nodes wait for the hostfile, and a 2 s poll added a second to each of them.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ ACTIVE = ("booting", "ready")   # states that count toward the cluster's size
 class WatchSettings:
     """Every interval of the watcher, in seconds; EC2MPI_WATCH_<NAME> overrides (tests)."""
     poll: float = 2.0                 # membership: epoch read
+    busy_poll: float = 0.5            # the same while a member is booting (create, add-nodes)
     notice_every: float = 5.0         # spot notices (IMDS, local: free)
     heartbeat_every: float = 15.0     # a worker's heartbeat
     master_heartbeat_every: float = 30.0
@@ -219,11 +222,17 @@ class Watcher:
         s = self.settings
         duties = [(s.notice_every, self.check_notice)]
         if self.is_master:
-            duties += [(s.poll, self.check_membership),
+            duties += [(self.membership_period, self.check_membership),
                        (s.master_heartbeat_every, self.beat)]
         else:
             duties.append((s.heartbeat_every, self.beat))
         return duties + self.keepers
+
+    def membership_period(self) -> float:
+        """The membership poll: quicker while the last node list holds a booting member."""
+        s = self.settings
+        return min(s.poll, s.busy_poll) if any(n.state == "booting" for n in self.members) \
+            else s.poll
 
     def slow_duties(self) -> list:
         """The master's cluster-wide checks, in a loop of their own: a DescribeInstances and a
@@ -258,15 +267,16 @@ class Watcher:
 
 
 def _loop(duties: list, stop: threading.Event) -> None:
-    """Each (period, duty) on its own period until `stop`; errors are logged, never fatal."""
+    """Each (period, duty) on its own period until `stop`; errors are logged, never fatal.
+    A period may be a function, asked again after each run of its duty."""
     due = [0.0] * len(duties)
     while not stop.is_set():
         now = time.monotonic()
         for i, (period, duty) in enumerate(duties):
             if now >= due[i]:
-                due[i] = now + period
                 try:
                     duty()
                 except Exception as err:  # noqa: BLE001 - a network blip must not end it
                     log.warning("%s failed: %s", getattr(duty, "__name__", "duty"), err)
+                due[i] = now + (period() if callable(period) else period)
         stop.wait(max(0.01, min(due) - time.monotonic()))

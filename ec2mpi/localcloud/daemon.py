@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,42 +34,49 @@ POLL = 0.25            # how often the node runner looks at moto's instances (s)
 TERM_GRACE = 3.0       # SIGTERM -> SIGKILL on instance termination, like a shutdown
 log = logging.getLogger("ec2mpi.localcloud")
 
-MOUNT_HOOK = """#!/usr/bin/python3
-# ec2mpi local cloud: shared storage for a node, run by the agent as HOOK KIND ID PATH.
-# EFS is emulated by one host directory per file system (this kernel has no NFS);
-# s3fs is real s3fs-fuse against the control plane's S3, over TLS.
+# The local cloud's shared storage for a node, run by the agent as HOOK KIND ID PATH (the
+# agent then gives the mount's root to the cluster user). EFS is emulated by one host
+# directory per file system (this kernel has no NFS): a shell script, as every node of a
+# cluster runs it while booting. s3fs is real s3fs-fuse against the control plane's S3, over
+# TLS, with the node's own role credentials (MOUNT_HOOK_S3FS).
+MOUNT_HOOK = """#!/bin/bash
+set -eu
+kind="$1" storage_id="$2" path="$3"
+case "$kind" in
+  efs) src={efs_root}/"$storage_id"
+       mkdir -p "$src" "$path"
+       exec mount --bind "$src" "$path" ;;
+  s3fs) exec /usr/bin/python3 {s3fs_hook} "$@" ;;
+  *) echo "unknown storage kind $kind" >&2; exit 2 ;;
+esac
+"""
+
+MOUNT_HOOK_S3FS = """#!/usr/bin/python3
+# ec2mpi local cloud: s3fs for a node (see MOUNT_HOOK in ec2mpi/localcloud/daemon.py).
 import json, os, pwd, subprocess, sys
+import urllib.request
 kind, storage_id, path = sys.argv[1:4]
 cfg = json.load(open("/etc/ec2mpi/agent.json"))
 user = pwd.getpwnam(cfg.get("user", "ec2mpi"))
 os.makedirs(path, exist_ok=True)
-if kind == "efs":
-    src = os.path.join({efs_root!r}, storage_id)
-    os.makedirs(src, exist_ok=True)
-    os.chown(src, user.pw_uid, user.pw_gid)
-    subprocess.run(["mount", "--bind", src, path], check=True)
-elif kind == "s3fs":
-    import urllib.request  # here only: the efs branch, run by every node, needs no HTTP
-    # The node's own role credentials, from the metadata service like s3fs's iam_role
-    # option would (which only knows the link-local address), handed over in s3fs's env.
-    imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"].rstrip("/") + "/latest/"
-    def get(path, token=None, method="GET"):
-        headers = {{"X-aws-ec2-metadata-token": token}} if token else {{
-            "X-aws-ec2-metadata-token-ttl-seconds": "300"}}
-        req = urllib.request.Request(imds + path, method=method, headers=headers)
-        return urllib.request.urlopen(req, timeout=5).read().decode()
-    token = get("api/token", method="PUT")
-    role = get("meta-data/iam/security-credentials/", token).split()[0]
-    creds = json.loads(get("meta-data/iam/security-credentials/" + role, token))
-    env = dict(os.environ, AWSACCESSKEYID=creds["AccessKeyId"],
-               AWSSECRETACCESSKEY=creds["SecretAccessKey"], AWSSESSIONTOKEN=creds["Token"])
-    remote = "%s:/clusters/%s/shared" % (cfg["bucket"], cfg["cluster"])
-    subprocess.run(["s3fs", remote, path, "-o", ",".join([
-        "url=" + {endpoint!r}, "use_path_request_style", "endpoint=" + cfg["region"],
-        "allow_other", "nonempty", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
-        "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True, env=env)
-else:
-    sys.exit("unknown storage kind " + kind)
+# The node's own role credentials, from the metadata service like s3fs's iam_role
+# option would (which only knows the link-local address), handed over in s3fs's env.
+imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"].rstrip("/") + "/latest/"
+def get(path, token=None, method="GET"):
+    headers = {{"X-aws-ec2-metadata-token": token}} if token else {{
+        "X-aws-ec2-metadata-token-ttl-seconds": "300"}}
+    req = urllib.request.Request(imds + path, method=method, headers=headers)
+    return urllib.request.urlopen(req, timeout=5).read().decode()
+token = get("api/token", method="PUT")
+role = get("meta-data/iam/security-credentials/", token).split()[0]
+creds = json.loads(get("meta-data/iam/security-credentials/" + role, token))
+env = dict(os.environ, AWSACCESSKEYID=creds["AccessKeyId"],
+           AWSSECRETACCESSKEY=creds["SecretAccessKey"], AWSSESSIONTOKEN=creds["Token"])
+remote = "%s:/clusters/%s/shared" % (cfg["bucket"], cfg["cluster"])
+subprocess.run(["s3fs", remote, path, "-o", ",".join([
+    "url=" + {endpoint!r}, "use_path_request_style", "endpoint=" + cfg["region"],
+    "allow_other", "nonempty", "uid=%d" % user.pw_uid, "gid=%d" % user.pw_gid, "umask=0022",
+    "mp_umask=0022", "dbglevel=warn", "retries=3"])], check=True, env=env)
 """
 
 
@@ -154,9 +162,13 @@ class Daemon:
         self.shutdown()
 
     def _write_hook(self, info: LocalCloudInfo) -> None:
+        s3fs = self.state / "mount-hook-s3fs"
+        s3fs.write_text(MOUNT_HOOK_S3FS.format(endpoint=info.endpoint))
         hook = self.state / "mount-hook"
-        hook.write_text(MOUNT_HOOK.format(efs_root=str(self.state / "efs"), endpoint=info.endpoint))
-        hook.chmod(0o755)
+        hook.write_text(MOUNT_HOOK.format(efs_root=shlex.quote(str(self.state / "efs")),
+                                          s3fs_hook=shlex.quote(str(s3fs))))
+        for path in (s3fs, hook):
+            path.chmod(0o755)
 
     # -- the node runner --------------------------------------------------------
     def instances(self) -> list[dict]:

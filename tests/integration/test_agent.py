@@ -467,6 +467,44 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
     }  # deregistered
 
 
+def test_the_master_reads_the_epoch_often_only_while_a_member_boots(
+    aws, cluster, cluster_name, tmp_path
+):
+    """create and add-nodes wait for the hostfile to list the new nodes: while one boots, the
+    master reads the epoch every busy_poll; otherwise every poll (its steady-state budget)."""
+    reg, _ = cluster
+    reg.put_node(cluster_name, _node(cluster_name, 30, "master"))
+    booting = _node(cluster_name, 31, state="booting")
+    reg.put_node(cluster_name, booting)
+    master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
+    watched = Registry(aws)
+    watcher = Watcher(cluster_name, master, watched, [tmp_path], deregister=False,
+                      settings=WatchSettings(poll=1.0, busy_poll=0.1, master_heartbeat_every=600,
+                                             notice_every=600))
+    reads: list = []
+    unsubscribe = aws.on_call(lambda service, op: reads.append(op) if op == "GetItem" else None)
+
+    def reads_in(seconds):
+        before = len(reads)
+        time.sleep(seconds)
+        return len(reads) - before
+
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: (tmp_path / "hostfile").exists(), 30)
+        assert reads_in(2.0) >= 8            # ~20 at 0.1 s; 2-3 at the 1 s poll
+        reg.set_node_state(cluster_name, booting, "ready")
+        assert wait_for(lambda: "172.31.0.31" in (tmp_path / "hostfile").read_text(), 30)
+        time.sleep(1.2)                       # the last quick read, and the one after it
+        assert reads_in(3.0) <= 5            # 3 at the 1 s poll
+    finally:
+        stop.set()
+        thread.join(10)
+        unsubscribe()
+
+
 def test_spot_notice_drains_the_node_and_the_master_drops_it(
     aws, cluster, cluster_name, imds, tmp_path
 ):
