@@ -116,6 +116,14 @@ What is patched, and why (moto 5.2.1 source references):
    `create` saw nothing of a node's boot. With `serve --consoles NODES` (the local cloud
    passes its nodes directory) it answers the last 64 KiB of NODES/ID/console.log, where
    the node's user-data writes, and no Output before the node started, as EC2 does.
+
+9. EC2 requests are atomic (`_one_request_at_a_time`): moto lists a fleet's reservation
+   before it has made the instances, and gives them their tags and instance profile (item
+   4) after; under the threaded server a DescribeInstances in between saw instances
+   without a profile or tags. The local cloud's node runner, which describes an instance
+   once when it shows up, then started nodes with no role (no credentials: their boot
+   failed after 2 minutes) or the wrong image. EC2 shows an instance whole from the start;
+   here EC2 requests run one at a time (they are few; DynamoDB and S3 stay parallel).
 """
 from __future__ import annotations
 
@@ -393,8 +401,20 @@ def backend_app_factory(create_app: Callable[[str], Any]) -> Callable[[str], Any
     def create(service: str) -> Any:
         if service == "ec2":
             _apply_ec2()
+            return _one_request_at_a_time(create_app(service))
         return create_app(service)
     return create
+
+
+_EC2_REQUESTS = threading.Lock()
+
+
+def _one_request_at_a_time(app: Callable) -> Callable:
+    """9. EC2 requests are atomic to each other: see the module's docstring."""
+    def serve(environ, start_response):
+        with _EC2_REQUESTS:
+            return list(app(environ, start_response))
+    return serve
 
 
 def _apply_ec2() -> None:

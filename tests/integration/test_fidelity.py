@@ -1,4 +1,5 @@
 """The emulator is faithful where ec2mpi depends on AWS semantics (over HTTP, moto's server)."""
+import threading
 import uuid
 
 
@@ -61,3 +62,58 @@ def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
         ]
         assert profiles == [arn, arn], capacity
         ec2.terminate_instances(InstanceIds=ids)
+
+
+def test_a_fleets_instances_are_whole_to_every_reader_while_it_launches(aws):
+    """No DescribeInstances sees a fleet's instance before its profile and tags: the local
+    cloud's node runner describes an instance once, and a bare one booted without a role."""
+    iam, ec2 = aws.client("iam"), aws.client("ec2")
+    name = "w" + uuid.uuid4().hex[:8]
+    iam.create_role(
+        RoleName=name, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}'
+    )
+    arn = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": "ami-12c6146b", "IamInstanceProfile": {"Arn": arn},
+        "TagSpecifications": [{"ResourceType": "instance",
+                               "Tags": [{"Key": "fleet", "Value": name}]}]})
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+
+    def listed():
+        return [i for r in ec2.describe_instances(Filters=live)["Reservations"]
+                for i in r["Instances"]]
+
+    before = {i["InstanceId"] for i in listed()}
+    seen, bare, done = set(), [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            for i in listed():
+                if i["InstanceId"] in before:
+                    continue
+                seen.add(i["InstanceId"])
+                tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+                if i.get("IamInstanceProfile", {}).get("Arn") != arn or tags.get("fleet") != name:
+                    bare.append(i["InstanceId"])
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(2)]
+    for r in readers:
+        r.start()
+    try:
+        fleet = ec2.create_fleet(
+            Type="instant",
+            LaunchTemplateConfigs=[{
+                "LaunchTemplateSpecification": {"LaunchTemplateName": name, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": "c6i.large", "SubnetId": subnet}]}],
+            TargetCapacitySpecification={"TotalTargetCapacity": 60,
+                                         "DefaultTargetCapacityType": "spot"})
+    finally:
+        done.set()
+        for r in readers:
+            r.join(30)
+    ids = [i for group in fleet["Instances"] for i in group["InstanceIds"]]
+    ec2.terminate_instances(InstanceIds=ids)
+    assert len(ids) == 60 and seen <= set(ids)
+    assert not bare, f"{len(set(bare))} instance(s) seen without their profile or tags"
