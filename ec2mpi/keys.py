@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 # Object names under clusters/NAME/ in the key store.
 IDENTITY = "id_ed25519"
 IDENTITY_PUB = "id_ed25519.pub"
@@ -27,6 +24,10 @@ class KeyPair:
 
     @classmethod
     def generate(cls, comment: str) -> KeyPair:
+        # here only: a booting node reads its keys and never makes one (cryptography's
+        # import is ~15 ms of CPU, paid by every node of a create at once)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         key = Ed25519PrivateKey.generate()
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption())

@@ -232,7 +232,7 @@ def wait_banner(ip: str, port: int, timeout: float) -> None:
                     return
         except OSError as err:
             last = err
-        time.sleep(0.5)
+        time.sleep(0.1)   # sshd re-executes itself on SIGHUP: usually back within 0.1 s
     raise RuntimeError(f"sshd does not answer on {ip}:{port} ({last})")
 
 

@@ -12,8 +12,9 @@ heartbeat is older than `lost_after` are marked lost, one membership change each
 
 Steady-state cost of the master, whatever the cluster size, with the default settings:
 30 epoch reads + 2 own heartbeats + 4 DescribeInstances + 2 node-list reads = 38 per minute.
-While a member is still booting the epoch is read every `busy_poll` (0.5 s) instead: create
-and add-nodes wait for the hostfile, and a 2 s poll added a second to each of them.
+While the last few members (up to BOOT_TAIL) boot, the epoch is read every `busy_poll`
+(0.5 s) instead: create and add-nodes wait for the hostfile to list them, and a 2 s poll
+added a second to each of them.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .imds import Imds
 
 log = logging.getLogger("ec2mpi.agent.watch")
 ACTIVE = ("booting", "ready")   # states that count toward the cluster's size
+BOOT_TAIL = 4   # members still booting at most, for the quicker membership poll
 
 
 @dataclass(frozen=True)
@@ -229,10 +231,11 @@ class Watcher:
         return duties + self.keepers
 
     def membership_period(self) -> float:
-        """The membership poll: quicker while the last node list holds a booting member."""
+        """The membership poll: quicker while the last few members boot (what create and
+        add-nodes wait for); while many boot, the node list is large and changes anyway."""
         s = self.settings
-        return min(s.poll, s.busy_poll) if any(n.state == "booting" for n in self.members) \
-            else s.poll
+        booting = sum(n.state == "booting" for n in self.members)
+        return min(s.poll, s.busy_poll) if 0 < booting <= BOOT_TAIL else s.poll
 
     def slow_duties(self) -> list:
         """The master's cluster-wide checks, in a loop of their own: a DescribeInstances and a

@@ -21,8 +21,10 @@ def status(ops, name: str, with_cost: bool = True) -> ClusterStatus:
     item = ops.require(name)
     spec = ClusterSpec.from_json(item["spec"])
     master = item.get("master")
+    # Live instances only: a member whose instance is terminated is lost either way, and
+    # EC2 keeps terminated instances listed for an hour (a re-created cluster's twice over).
     instances = {i.instance_id: i for i in Instances(ops.aws, name).instances(
-        states=LIVE_STATES + ("terminated",))}
+        states=LIVE_STATES)}
     order = {iid: k for k, iid in enumerate(instances)}   # launch order (oldest first)
     now = time.time()
     nodes = [_node_status(n, instances.pop(n.instance_id, None), now)

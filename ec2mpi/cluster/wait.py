@@ -17,6 +17,7 @@ CONSOLE_CHECK_AFTER = 30.0      # s into the wait (EC2MPI_CONSOLE_CHECK_AFTER: t
 CONSOLE_CHECK_EVERY = 15.0      # s between two checks
 CONSOLE_CHECK_NODES = 4         # consoles read per check (GetConsoleOutput each)
 BOOT_FAILED_MARK = "ec2mpi-bootstrap: FAILED"   # what user-data prints when it gives up
+HOSTFILE_POLL = 0.2   # s between reads once every node is ready: only the hostfile is awaited
 
 
 def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
@@ -55,7 +56,8 @@ def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
                 f"{timeout:.0f}s: {', '.join(missing)}",
                 f"they keep booting; see why with: ec2mpi logs {missing[0]} --console -c {name}",
             )
-        time.sleep(max(0.0, min(ops.poll_interval, deadline - time.monotonic())))
+        pause = HOSTFILE_POLL if ready == want else ops.poll_interval
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
 def hostfile_caught_up(ops, name: str) -> bool:

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ SSHD_CONFIG = """\
 # The node's sshd. The agent adds the cluster host key through the Include.
 Include /etc/ec2mpi/sshd_config
 ListenAddress {ip}
-HostKey {node_dir}/ssh_host_ecdsa_key
+HostKey {host_key}
 PidFile /run/ec2mpi/sshd.pid
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -162,6 +163,19 @@ def name_files(resolver: str, region: str) -> dict[str, str]:
             "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"}
 
 
+_KEYGEN = threading.Lock()
+
+
+def boot_host_key(root: Path) -> Path:
+    """The host key a node's sshd starts with, one for all nodes of this local cloud (made
+    once): the agent soon adds the cluster's own, the only one clients trust."""
+    key = Path(root) / "boot_host_ecdsa_key"
+    with _KEYGEN:
+        if not key.exists():
+            run("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key))
+    return key
+
+
 def hostname_for(ip: str) -> str:
     """EC2's private DNS style: ip-172-31-0-4."""
     return "ip-" + ip.replace(".", "-")
@@ -212,10 +226,8 @@ class Node:
             (self.dir / name).mkdir(exist_ok=True)
         os.chmod(self.dir / "tmp", 0o1777)
         (self.dir / "user-data").write_bytes(user_data)
-        key = self.dir / "ssh_host_ecdsa_key"
-        if not key.exists():
-            run("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key))
-        (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(ip=self.ip, node_dir=self.dir))
+        (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(
+            ip=self.ip, host_key=boot_host_key(self.dir.parent)))
         if ca_bundle:  # the node trusts the local cloud's CA system-wide (s3fs reads only this)
             local_ca = Path(ca_bundle).read_bytes()
             system = Path(SYSTEM_CA_BUNDLE).read_bytes() if Path(SYSTEM_CA_BUNDLE).exists() else b""

@@ -26,6 +26,7 @@ Approximated vs AWS (one line each):
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import operator
@@ -184,6 +185,13 @@ def _tokens(text: str, ctx: dict, variables: bool) -> list[tuple[str, str]] | No
 
 def _compile(tokens: list[tuple[str, str]], wildcards: bool, arn: bool,
              ignore_case: bool = False) -> re.Pattern:
+    """The pattern, compiled once: every request of a node asks for the same few."""
+    return _compiled(tuple(tokens), wildcards, arn, ignore_case)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(tokens: tuple[tuple[str, str], ...], wildcards: bool, arn: bool,
+              ignore_case: bool) -> re.Pattern:
     """Wildcards * and ? in pattern text only. In an ARN pattern a wildcard in the first five
     segments stays within its segment (AWS checks each of the six segments separately)."""
     segmented = arn and "".join(t for _, t in tokens).startswith("arn:")

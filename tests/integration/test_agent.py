@@ -26,7 +26,7 @@ from ec2mpi.agent.boot import (
     boot,
 )
 from ec2mpi.agent.imds import Imds, ImdsError
-from ec2mpi.agent.watch import Watcher, WatchSettings
+from ec2mpi.agent.watch import BOOT_TAIL, Watcher, WatchSettings
 from ec2mpi.aws.keystore import KeyStore
 from ec2mpi.aws.registry import Node, Registry, node_pk
 from ec2mpi.keys import ClusterKeys
@@ -467,38 +467,46 @@ def test_watch_follows_membership_within_two_poll_intervals(aws, cluster, cluste
     }  # deregistered
 
 
-def test_the_master_reads_the_epoch_often_only_while_a_member_boots(
+def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
     aws, cluster, cluster_name, tmp_path
 ):
-    """create and add-nodes wait for the hostfile to list the new nodes: while one boots, the
-    master reads the epoch every busy_poll; otherwise every poll (its steady-state budget)."""
+    """create and add-nodes wait for the hostfile to list the new nodes: while the last few
+    (BOOT_TAIL) boot, the master reads the epoch every busy_poll; otherwise, and while many
+    boot, every poll (its steady-state budget)."""
     reg, _ = cluster
     reg.put_node(cluster_name, _node(cluster_name, 30, "master"))
-    booting = _node(cluster_name, 31, state="booting")
-    reg.put_node(cluster_name, booting)
+    booting = [_node(cluster_name, 31 + k, state="booting") for k in range(BOOT_TAIL + 1)]
+    for node in booting:
+        reg.put_node(cluster_name, node)
     master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
-    watched = Registry(aws)
-    watcher = Watcher(cluster_name, master, watched, [tmp_path], deregister=False,
+    watcher = Watcher(cluster_name, master, Registry(aws), [tmp_path], deregister=False,
                       settings=WatchSettings(poll=1.0, busy_poll=0.1, master_heartbeat_every=600,
                                              notice_every=600))
     reads: list = []
     unsubscribe = aws.on_call(lambda service, op: reads.append(op) if op == "GetItem" else None)
+    hostfile = tmp_path / "hostfile"
 
     def reads_in(seconds):
+        time.sleep(1.2)     # the poll in progress, at the old rate, and the one after it
         before = len(reads)
         time.sleep(seconds)
         return len(reads) - before
+
+    def ready(node):
+        reg.set_node_state(cluster_name, node, "ready")
+        assert wait_for(lambda: node.private_ip in hostfile.read_text(), 30)
 
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        assert wait_for(lambda: (tmp_path / "hostfile").exists(), 30)
-        assert reads_in(2.0) >= 8            # ~20 at 0.1 s; 2-3 at the 1 s poll
-        reg.set_node_state(cluster_name, booting, "ready")
-        assert wait_for(lambda: "172.31.0.31" in (tmp_path / "hostfile").read_text(), 30)
-        time.sleep(1.2)                       # the last quick read, and the one after it
-        assert reads_in(3.0) <= 5            # 3 at the 1 s poll
+        assert wait_for(hostfile.exists, 30)
+        assert reads_in(3.0) <= 6            # many booting: 3 at the 1 s poll
+        ready(booting[0])
+        assert reads_in(2.0) >= 8            # the last BOOT_TAIL: ~20 at 0.1 s
+        for node in booting[1:]:
+            ready(node)
+        assert reads_in(3.0) <= 6            # none booting: the 1 s poll again
     finally:
         stop.set()
         thread.join(10)

@@ -1,5 +1,8 @@
 """The emulator is faithful where ec2mpi depends on AWS semantics (over HTTP, moto's server)."""
+import json
+import ssl
 import threading
+import urllib.request
 import uuid
 
 
@@ -117,3 +120,26 @@ def test_a_fleets_instances_are_whole_to_every_reader_while_it_launches(aws):
     ec2.terminate_instances(InstanceIds=ids)
     assert len(ids) == 60 and seen <= set(ids)
     assert not bare, f"{len(set(bare))} instance(s) seen without their profile or tags"
+
+
+def test_the_node_runners_poll_lists_exactly_the_live_instances(aws, controlplane):
+    """The local cloud's node runner polls /_ec2mpi/ec2/live-instances (not EC2's XML API):
+    it must list what DescribeInstanceStatus would, pending and running, no more."""
+    ec2 = aws.client("ec2")
+    ids = [i["InstanceId"] for i in ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=3, MaxCount=3, InstanceType="c6i.large")["Instances"]]
+    ec2.terminate_instances(InstanceIds=ids[:1])
+
+    def polled(region="us-east-1"):
+        with urllib.request.urlopen(
+                f"{controlplane.endpoint}/_ec2mpi/ec2/live-instances?region={region}",
+                context=ssl.create_default_context(cafile=controlplane.ca_path)) as answer:
+            return json.load(answer)["instances"]
+
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    described = {s["InstanceId"]: s["InstanceState"]["Name"] for s in ec2.describe_instance_status(
+        IncludeAllInstances=True, Filters=live)["InstanceStatuses"]}
+    assert polled() == described
+    assert ids[0] not in described and set(ids[1:]) <= set(described)
+    assert polled("eu-west-1") == {}
+    ec2.terminate_instances(InstanceIds=ids[1:])
