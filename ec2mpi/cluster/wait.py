@@ -17,7 +17,8 @@ CONSOLE_CHECK_AFTER = 30.0      # s into the wait (EC2MPI_CONSOLE_CHECK_AFTER: t
 CONSOLE_CHECK_EVERY = 15.0      # s between two checks
 CONSOLE_CHECK_NODES = 4         # consoles read per check (GetConsoleOutput each)
 BOOT_FAILED_MARK = "ec2mpi-bootstrap: FAILED"   # what user-data prints when it gives up
-HOSTFILE_POLL = 0.2   # s between reads once every node is ready: only the hostfile is awaited
+FEW_LEFT = 4          # nodes left to be ready (or the hostfile alone) for the quick poll
+LAST_POLL = 0.2       # s between reads then (else twice ops.poll_interval)
 
 
 def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
@@ -56,7 +57,9 @@ def wait_ready(ops, name: str, ids: list, timeout: float) -> None:
                 f"{timeout:.0f}s: {', '.join(missing)}",
                 f"they keep booting; see why with: ec2mpi logs {missing[0]} --console -c {name}",
             )
-        pause = HOSTFILE_POLL if ready == want else ops.poll_interval
+        # every poll reads the whole node list: seldom while many boot, often for the last few
+        left = len(want - ready)
+        pause = 2 * ops.poll_interval if left > FEW_LEFT else min(ops.poll_interval, LAST_POLL)
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
