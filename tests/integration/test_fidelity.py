@@ -30,7 +30,9 @@ def test_transact_write_items_is_idempotent_per_client_request_token(aws):
     assert item["Item"]["epoch"]["N"] == "2"
 
 
-def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
+def _template_with_profile(aws, **data):
+    """A launch template (named like its role and profile) that names an instance profile;
+    returns (name, profile arn, a subnet id)."""
     iam, ec2 = aws.client("iam"), aws.client("ec2")
     name = "f" + uuid.uuid4().hex[:8]
     iam.create_role(
@@ -39,8 +41,13 @@ def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
     arn = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
-        "ImageId": "ami-12c6146b", "IamInstanceProfile": {"Arn": arn}})
-    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        "ImageId": "ami-12c6146b", "IamInstanceProfile": {"Arn": arn}, **data})
+    return name, arn, ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+
+
+def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
+    ec2 = aws.client("ec2")
+    name, arn, subnet = _template_with_profile(aws)
     for capacity in ("spot", "on-demand"):
         fleet = ec2.create_fleet(
             Type="instant",
@@ -70,18 +77,10 @@ def test_fleet_instances_carry_the_launch_templates_instance_profile(aws):
 def test_a_fleets_instances_are_whole_to_every_reader_while_it_launches(aws):
     """No DescribeInstances sees a fleet's instance before its profile and tags: the local
     cloud's node runner describes an instance once, and a bare one booted without a role."""
-    iam, ec2 = aws.client("iam"), aws.client("ec2")
-    name = "w" + uuid.uuid4().hex[:8]
-    iam.create_role(
-        RoleName=name, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}'
-    )
-    arn = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
-    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-    ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
-        "ImageId": "ami-12c6146b", "IamInstanceProfile": {"Arn": arn},
-        "TagSpecifications": [{"ResourceType": "instance",
-                               "Tags": [{"Key": "fleet", "Value": name}]}]})
-    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    ec2 = aws.client("ec2")
+    mark = uuid.uuid4().hex
+    name, arn, subnet = _template_with_profile(aws, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "fleet", "Value": mark}]}])
     live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
 
     def listed():
@@ -98,7 +97,7 @@ def test_a_fleets_instances_are_whole_to_every_reader_while_it_launches(aws):
                     continue
                 seen.add(i["InstanceId"])
                 tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-                if i.get("IamInstanceProfile", {}).get("Arn") != arn or tags.get("fleet") != name:
+                if i.get("IamInstanceProfile", {}).get("Arn") != arn or tags.get("fleet") != mark:
                     bare.append(i["InstanceId"])
 
     readers = [threading.Thread(target=read, daemon=True) for _ in range(2)]
