@@ -12,9 +12,9 @@ heartbeat is older than `lost_after` are marked lost, one membership change each
 
 Steady-state cost of the master, whatever the cluster size, with the default settings:
 30 epoch reads + 2 own heartbeats + 4 DescribeInstances + 2 node-list reads = 38 per minute.
-While the last few members (up to BOOT_TAIL) boot, the epoch is read every `busy_poll`
-(0.5 s) instead: create and add-nodes wait for the hostfile to list them, and a 2 s poll
-added a second to each of them.
+While the last few members of the target size (up to BOOT_TAIL) boot, the epoch is read
+every `busy_poll` (0.5 s) instead: create and add-nodes wait for the hostfile to list them,
+and a 2 s poll added a second to each of them.
 """
 from __future__ import annotations
 
@@ -231,11 +231,16 @@ class Watcher:
         return duties + self.keepers
 
     def membership_period(self) -> float:
-        """The membership poll: quicker while the last few members boot (what create and
-        add-nodes wait for); while many boot, the node list is large and changes anyway."""
+        """The membership poll: quicker while the last few members of the target size boot
+        (what create and add-nodes wait for). Not before: every poll that sees the epoch move
+        reads the whole node list, and while many nodes register the epoch always moves (at
+        1000 nodes quick polls kept a 1000-item Query running and the registry queued)."""
         s = self.settings
         booting = sum(n.state == "booting" for n in self.members)
-        return min(s.poll, s.busy_poll) if 0 < booting <= BOOT_TAIL else s.poll
+        ready = sum(n.state == "ready" for n in self.members)
+        target = int(self.master_state.get("target") or 0)
+        tail = 0 < booting <= BOOT_TAIL and target > 0 and ready >= target - BOOT_TAIL
+        return min(s.poll, s.busy_poll) if tail else s.poll
 
     def slow_duties(self) -> list:
         """The master's cluster-wide checks, in a loop of their own: a DescribeInstances and a

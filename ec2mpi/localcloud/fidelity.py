@@ -126,15 +126,10 @@ What is patched, and why (moto 5.2.1 source references):
    once when it shows up, then started nodes with no role (no credentials: their boot
    failed after 2 minutes) or the wrong image. EC2 shows an instance whole from the start;
    here EC2 requests run one at a time (they are few; DynamoDB and S3 stay parallel).
-
-10. Not fidelity but speed (`_once_per_process`): moto lists its own package directory to
-   route every request, and inspects the response class for its action methods on every
-   call; both are the same for the life of the process, so they are worked out once.
 """
 from __future__ import annotations
 
 import contextvars
-import functools
 import ipaddress
 import json
 import logging
@@ -410,20 +405,8 @@ def apply() -> None:
     # 3. DynamoDB: per-item locks, transaction conflicts, ClientRequestToken idempotency.
     from ec2mpi.localcloud import fidelity_dynamodb
     fidelity_dynamodb.apply()
-    _once_per_process()
     _applied = True
 
-
-def _once_per_process() -> None:
-    """10. What moto works out again for every request, worked out once (speed only): the
-    list of its service modules (a directory listing and ~150 stat calls to route each
-    request) and the action methods of a response class (inspect.getmembers)."""
-    import moto.backends
-    import moto.core.responses
-    modules = tuple(moto.backends.list_of_moto_modules())
-    moto.backends.list_of_moto_modules = lambda: modules
-    moto.core.responses.method_names_from_class = functools.lru_cache(maxsize=None)(
-        moto.core.responses.method_names_from_class)
 
 
 CONSOLES: Path | None = None   # the local cloud's nodes directory (serve --consoles)
