@@ -480,14 +480,14 @@ def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
     reg.update_master(cluster_name, bump=True, target=2 * BOOT_TAIL + 2)   # many to come
     master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
     watcher = Watcher(cluster_name, master, Registry(aws), [tmp_path], deregister=False,
-                      settings=WatchSettings(poll=1.0, busy_poll=0.1, master_heartbeat_every=600,
+                      settings=WatchSettings(poll=0.5, busy_poll=0.05, master_heartbeat_every=600,
                                              notice_every=600))
     reads: list = []
     unsubscribe = aws.on_call(lambda service, op: reads.append(op) if op == "GetItem" else None)
     hostfile = tmp_path / "hostfile"
 
     def reads_in(seconds):
-        time.sleep(1.2)     # the poll in progress, at the old rate, and the one after it
+        time.sleep(0.7)     # the poll in progress, at the old rate, and the one after it
         before = len(reads)
         time.sleep(seconds)
         return len(reads) - before
@@ -497,13 +497,13 @@ def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
     thread.start()
     try:
         assert wait_for(hostfile.exists, 30)
-        assert reads_in(3.0) <= 6            # one booting of many to come: 3 at the 1 s poll
+        assert reads_in(1.5) <= 6            # one booting of many to come: 3 at the 0.5 s poll
         reg.update_master(cluster_name, bump=True, target=2)
         assert wait_for(lambda: watcher.master_state.get("target") == 2, 30)
-        assert reads_in(2.0) >= 8            # the last one: ~20 at 0.1 s
+        assert reads_in(1.0) >= 8            # the last one: ~20 at 0.05 s
         reg.set_node_state(cluster_name, booting, "ready")
         assert wait_for(lambda: booting.private_ip in hostfile.read_text(), 30)
-        assert reads_in(3.0) <= 6            # none booting: the 1 s poll again
+        assert reads_in(1.5) <= 6            # none booting: the 0.5 s poll again
     finally:
         stop.set()
         thread.join(10)
