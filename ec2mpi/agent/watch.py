@@ -38,7 +38,7 @@ BOOT_TAIL = 4   # members still booting at most, for the quicker membership poll
 class WatchSettings:
     """Every interval of the watcher, in seconds; EC2MPI_WATCH_<NAME> overrides (tests)."""
     poll: float = 2.0                 # membership: epoch read
-    busy_poll: float = 0.5            # the same while a member is booting (create, add-nodes)
+    busy_poll: float = 0.5            # the same for the last BOOT_TAIL of the target size
     notice_every: float = 5.0         # spot notices (IMDS, local: free)
     heartbeat_every: float = 15.0     # a worker's heartbeat
     master_heartbeat_every: float = 30.0

@@ -408,7 +408,6 @@ def apply() -> None:
     _applied = True
 
 
-
 CONSOLES: Path | None = None   # the local cloud's nodes directory (serve --consoles)
 CONSOLE_KEPT = 64 * 1024       # what GetConsoleOutput returns of a console, as on EC2
 _EC2_LOCK = threading.Lock()
