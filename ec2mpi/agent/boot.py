@@ -27,10 +27,10 @@ import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..aws.keystore import KeyStore
 from ..aws.registry import Node, Registry, node_pk
-from ..aws.session import AwsSession
 from ..keys import known_hosts_line
 from .asuser import Account
 from .hostfile import MPICH_NAME, OPENMPI_NAME
@@ -55,6 +55,9 @@ from .safefiles import (
     run_in_dir_as,
     write_file_at,
 )
+
+if TYPE_CHECKING:
+    from ..aws.node_session import NodeSession
 
 log = logging.getLogger("ec2mpi.agent")
 
@@ -278,7 +281,7 @@ def install_seconds(paths: AgentPaths) -> float:
 
 
 def boot(params: AgentParams, paths: AgentPaths | None = None, *, imds: Imds | None = None,
-         aws: AwsSession | None = None, ssh_port: int = 22, master_timeout: float = 600.0,
+         aws: NodeSession | None = None, ssh_port: int = 22, master_timeout: float = 600.0,
          ready_timeout: float = 120.0) -> Node:
     """The whole boot sequence; returns the node as registered (state ready)."""
     local = os.environ.get("EC2MPI_LOCAL") == "1"

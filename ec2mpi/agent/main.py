@@ -54,7 +54,7 @@ def _run(args, params, paths) -> int:
     delay = float(os.environ.get("EC2MPI_BOOT_RETRY_DELAY", "5"))
     aws = None
     for attempt in (1, 2, 3):
-        try:   # a new session each try: botocore keeps a failed credential lookup for good
+        try:   # a new session each try: nothing of a failed try is kept
             aws = session_for(params, wait=CREDENTIALS_WAIT)
             node = boot(params, paths, aws=aws, ssh_port=args.ssh_port)
             break
@@ -303,8 +303,8 @@ def main(argv=None) -> int:
         from .guard import guard
         command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
         return guard(command) if command else 2
-    # Role credentials come from the metadata service; botocore gives it 1 s and one try
-    # by default, which a node busy booting (or a loaded host) can miss.
+    # Role credentials come from the metadata service; for the boto3 clients (the master's
+    # EC2) botocore gives it 1 s and one try by default, which a busy node can miss.
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
 

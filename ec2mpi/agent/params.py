@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # annotations only: the job commands need neither boto3 nor urllib
-    from ..aws.session import AwsSession
+    from ..aws.node_session import NodeSession
     from .imds import Imds
 
 
@@ -116,21 +116,21 @@ def identity(imds: Imds) -> Identity:
                     (imds.get("meta-data/ami-id") or "").strip())
 
 
-def session_for(params: AgentParams, wait: float = 0.0) -> AwsSession:
+def session_for(params: AgentParams, wait: float = 0.0) -> NodeSession:
     """Instance-role credentials (via IMDS); endpoint and CA only when the local cloud sets
     them. With `wait`, until the role's credentials are there (at most that many seconds):
     right after launch they can be missing for a while (a new instance profile propagating,
-    a metadata service slow to answer), and botocore gives up after its few tries and keeps
-    that answer for every client of the session, so each try builds a new session."""
+    a metadata service slow to answer). The session speaks DynamoDB and S3 itself (see
+    aws/node_session.py: a booting node imports no boto3)."""
     import logging
     import random
     import time
 
-    from ..aws.session import AwsSession  # boto3: only the commands that call AWS pay for it
+    from ..aws.node_session import NodeSession
     deadline = time.monotonic() + wait
     tries = 0
     while True:
-        aws = AwsSession(region=params.region,
+        aws = NodeSession(region=params.region,
                          endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
                          ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
         tries += 1

@@ -26,11 +26,11 @@ from __future__ import annotations
 import random
 import time
 from decimal import Decimal
-
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from typing import TYPE_CHECKING
 
 from ..config import REGISTRY_TABLE
 from ..errors import CloudError, UserError, explain_client_error
+from .ddb_types import deserialize, serialize
 from .registry_items import (  # noqa: F401 - the registry's names, in one place
     AVOID_MAX,
     AVOID_SECONDS,
@@ -48,9 +48,11 @@ from .registry_items import (  # noqa: F401 - the registry's names, in one place
     node_problem,
     pool_key,
 )
-from .session import AwsSession, ClientError, error_code
+from .session import ClientError, error_code
 
-_ser, _de = TypeSerializer(), TypeDeserializer()
+if TYPE_CHECKING:
+    from .session import AwsSession
+
 ROLES_KEPT = 300.0   # s a Registry keeps a cluster's role ids
 
 
@@ -64,7 +66,7 @@ def _value(v):
 
 
 def _dump(d: dict) -> dict:
-    return {k: _ser.serialize(_value(v)) for k, v in d.items() if v is not None}
+    return {k: serialize(_value(v)) for k, v in d.items() if v is not None}
 
 
 def _plain(value):
@@ -79,7 +81,7 @@ def _plain(value):
 
 
 def _load(item: dict) -> dict:
-    return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+    return {k: _plain(deserialize(v)) for k, v in item.items()}
 
 
 class ClusterExists(UserError):
@@ -314,7 +316,7 @@ class Registry:
             ConditionExpression=cond,
             ExpressionAttributeNames={**{f"#a{i}": k for i, k in enumerate(attrs)},
                                       **(names or {})},
-            ExpressionAttributeValues={**{f":v{i}": _ser.serialize(_value(v))
+            ExpressionAttributeValues={**{f":v{i}": serialize(_value(v))
                                           for i, v in enumerate(attrs.values())},
                                        **_dump(values or {})}))
 

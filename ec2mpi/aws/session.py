@@ -10,9 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-import boto3
-import botocore.exceptions
-from botocore.config import Config
+import botocore.exceptions  # not boto3: the agent's node session needs only the error types
 
 from ..errors import UserError, explain_client_error
 
@@ -65,6 +63,8 @@ class AwsSession:
     def __init__(self, profile: str | None = None, region: str | None = None,
                  endpoint_url: str | None = None, ca_bundle: str | None = None,
                  credentials: dict | None = None):
+        import boto3
+
         try:
             self._session = boto3.Session(
                 profile_name=profile, region_name=region, **(credentials or {})
@@ -129,6 +129,8 @@ class AwsSession:
                     if max_attempts is None
                     else {"mode": "standard", "total_max_attempts": max_attempts}
                 )
+                from botocore.config import Config
+
                 kwargs = {"config": Config(retries=retries, connect_timeout=10, read_timeout=60)}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url

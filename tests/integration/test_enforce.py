@@ -7,6 +7,7 @@ policy evaluator. Clients here are plain boto3 and our own Registry, over HTTP.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
@@ -16,9 +17,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ec2mpi.aws.iam import NodeRole, PolicyScope, master_policy, worker_policy
+from ec2mpi.aws.node_session import NodeSession
 from ec2mpi.aws.registry import Node, Registry, cluster_key, node_pk
 from ec2mpi.aws.session import AwsSession
 from ec2mpi.config import REGISTRY_TABLE, TAG_CLUSTER
+from ec2mpi.errors import CloudError
 from ec2mpi.localcloud.controlplane import start
 from ec2mpi.localcloud.credentials import CredentialStore
 
@@ -78,7 +81,9 @@ def world(enforcing):
             key = store.issue(iid, role.name, role_id)
             out[f"{name}-{kind}"] = {
                 "cluster": cluster, "iid": iid, "role_id": role_id,
-                "session": _session(cp, (key.access_key_id, key.secret), key.token)}
+                "session": _session(cp, (key.access_key_id, key.secret), key.token),
+                "keys": {"aws_access_key_id": key.access_key_id,
+                         "aws_secret_access_key": key.secret, "aws_session_token": key.token}}
             node = Node(instance_id=iid, role=kind, private_ip="172.31.9.9",
                         hostname="ip-172-31-9-9", slots=2)
             node.key = node_pk(cluster, role_id, iid)
@@ -205,6 +210,38 @@ def test_a_master_does_what_the_table_grants_for_its_own_cluster_only(world):
     state = world["admin"].client("ec2").describe_instances(InstanceIds=[worker["iid"]])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] in (
         "shutting-down", "terminated")
+
+
+def test_the_agents_own_session_is_held_to_its_role_as_boto3_is(world):
+    """The agent signs DynamoDB and S3 GetObject itself (aws/node_session.py): the same
+    signatures checked, the same policies, the same error codes; EC2 goes through boto3."""
+    cp = world["cp"]
+    me, master, other = world["a-worker"], world["a-master"], world["b-worker"]
+    node = NodeSession(REGION, cp.endpoint, cp.ca_path, credentials=me["keys"])
+    registry = Registry(node)
+    before = registry.epoch(me["cluster"])
+    mine = dataclasses.replace(me["node"], state="ready")   # (the master test marks it lost)
+    registry.put_node(me["cluster"], mine)
+    assert registry.heartbeat(me["cluster"], mine, sessions=2)
+    assert registry.epoch(me["cluster"]) == before + 1
+    with pytest.raises(CloudError, match="AccessDeniedException"):
+        registry.update_cluster(me["cluster"], status="pwned")
+    s3 = node.client("s3")
+    assert s3.get_object(Bucket=BUCKET, Key=f"clusters/{me['cluster']}/keys.json",
+                         ExpectedBucketOwner=ACCOUNT)["Body"].read() == b"x"
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=BUCKET, Key=f"clusters/{other['cluster']}/keys.json")
+    assert _code(err.value) == "AccessDenied"
+    forged = NodeSession(REGION, cp.endpoint, cp.ca_path,
+                         credentials={**me["keys"], "aws_secret_access_key": "not-the-secret"})
+    with pytest.raises(ClientError) as err:
+        forged.client("dynamodb").get_item(TableName=REGISTRY_TABLE, Key={
+            k: {"S": v} for k, v in cluster_key(me["cluster"]).items()})
+    assert _code(err.value) == "InvalidSignatureException"
+    boss = NodeSession(REGION, cp.endpoint, cp.ca_path, credentials=master["keys"])
+    assert me["iid"] in {n.instance_id for n in Registry(boss).nodes(me["cluster"],
+                                                                     validate=False)}
+    assert boss.client("ec2").describe_instances()["Reservations"]
 
 
 def test_revoked_credentials_stop_working(world):
