@@ -279,8 +279,8 @@ def bench_agent(info, rounds=5):
     version = statistics.median(wall(f"{VENV}/bin/ec2mpi-agent", "--version")
                                 for _ in range(rounds))
     clients = statistics.median(wall(py, "-c", (
-        "import ec2mpi.agent.boot; from ec2mpi.aws.session import AwsSession; "
-        "a = AwsSession(region='us-east-1'); a.client('dynamodb'); a.client('s3')"))
+        "import ec2mpi.agent.boot; from ec2mpi.aws.node_session import NodeSession; "
+        "a = NodeSession(region='us-east-1'); a.client('dynamodb'); a.client('s3')"))
         for _ in range(rounds))
     print(f"python -c pass: {base:.3f} s; ec2mpi-agent --version: {version:.3f} s; "
           f"import boot path + dynamodb and s3 clients: {clients:.3f} s")

@@ -56,6 +56,7 @@ from ec2mpi.agent.heal import ClusterSource, Healer
 from ec2mpi.agent.watch import Watcher, WatchSettings
 from ec2mpi.aws.instances import Instance, Instances
 from ec2mpi.aws.network import Network
+from ec2mpi.aws.node_session import NodeSession
 from ec2mpi.aws.registry import Node, Registry, node_pk
 from ec2mpi.aws.session import AwsSession, CallCounter
 from ec2mpi.aws.templates import Templates
@@ -92,24 +93,18 @@ class Tally(logging.Handler):
 
 
 class AttemptErrors:
-    """HTTP attempts that failed (botocore's needs-retry sees each one), by error code."""
+    """HTTP attempts that failed (each one the node session saw), by error code."""
 
     def __init__(self):
         self.codes: Counter = Counter()
         self._lock = threading.Lock()
 
-    def watch(self, session: AwsSession, service: str) -> None:
-        session.client(service).meta.events.register(f"needs-retry.{service}", self._seen)
+    def watch(self, session: NodeSession) -> None:
+        session.on_failed_attempt(self._seen)
 
-    def _seen(self, response=None, caught_exception=None, **_):
-        code = ""
-        if caught_exception is not None:
-            code = type(caught_exception).__name__
-        elif response is not None and response[0].status_code >= 300:
-            code = response[1].get("Error", {}).get("Code", str(response[0].status_code))
-        if code:
-            with self._lock:
-                self.codes[code] += 1
+    def _seen(self, service: str, code: str) -> None:
+        with self._lock:
+            self.codes[code] += 1
 
 
 class TimedWatcher(Watcher):
@@ -276,6 +271,10 @@ def main() -> int:
         def session() -> AwsSession:
             return AwsSession(region=REGION, endpoint_url=cp.endpoint, ca_bundle=cp.ca_path)
 
+        def node_session() -> NodeSession:
+            """What a node's agent talks to AWS with (one HTTP connection per thread)."""
+            return NodeSession(REGION, endpoint_url=cp.endpoint, ca_bundle=cp.ca_path)
+
         # -- setup, as `create` does (not timed) ------------------------------------
         t_setup = time.perf_counter()
         admin_sess = session()
@@ -295,7 +294,7 @@ def main() -> int:
         epoch_before = admin.epoch(CLUSTER) or 0
 
         # the master boots, then watches as agent/main.py _watch builds its Watcher
-        msess = session()
+        msess = node_session()
         mcount = CallCounter(msess)
         mreg = Registry(msess)
         master = boot_node(mreg, master_inst, "master")
@@ -317,12 +316,12 @@ def main() -> int:
             print("the master's hostfile never listed the master", file=sys.stderr)
             return 1
 
-        # the agents' sessions (each with its own connection pool), counted
-        pool = [session() for _ in range(max(1, min(args.sessions, n)))]
+        # the agents' node sessions (a connection per thread, as each node has its own), counted
+        pool = [node_session() for _ in range(max(1, min(args.sessions, n)))]
         pool_counts = [CallCounter(s) for s in pool]
         attempt_errors = AttemptErrors()
         for s in pool:
-            attempt_errors.watch(s, "dynamodb")
+            attempt_errors.watch(s)
         regs = [Registry(s) for s in pool]
         setup_s = time.perf_counter() - t_setup
 

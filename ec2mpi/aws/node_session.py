@@ -110,12 +110,13 @@ class _Client:
     service = ""
 
     def __init__(self, endpoint: str, region: str, credentials: Callable, ca_bundle: str | None,
-                 notify: Callable[[str, str], None]):
+                 notify: Callable[[str, str], None], failed: Callable[[str, str], None]):
         parts = urlsplit(endpoint)
         self.scheme, self.hostname = parts.scheme, parts.hostname or ""
         self.port = parts.port or (443 if self.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")
         self.region, self._credentials, self._notify = region, credentials, notify
+        self._failed = failed
         self._ssl = ssl.create_default_context(cafile=ca_bundle) if self.scheme == "https" \
             else None
         self._local = threading.local()
@@ -170,13 +171,17 @@ class _Client:
                     self._drop_connection()
             except (OSError, http.client.HTTPException) as err:
                 self._drop_connection()
+                self._failed(self.service, type(err).__name__)
                 if attempt == MAX_ATTEMPTS:
                     from botocore.exceptions import EndpointConnectionError
                     raise EndpointConnectionError(
                         endpoint_url=f"{self.scheme}://{self._host(hostname)}",
                         error=err) from err
             else:
-                if resp.status < 500 and self._code(resp.status, data) not in THROTTLING:
+                code = self._code(resp.status, data)
+                if code:
+                    self._failed(self.service, code)
+                if resp.status < 500 and code not in THROTTLING:
                     return resp.status, data
                 if attempt == MAX_ATTEMPTS:
                     return resp.status, data
@@ -217,8 +222,8 @@ class DynamoDBClient(_Client):
         if status < 300:
             return ""
         try:
-            return str(json.loads(data).get("__type", "")).rsplit("#", 1)[-1]
-        except ValueError:
+            return str(json.loads(data).get("__type", "")).rsplit("#", 1)[-1] or str(status)
+        except (ValueError, AttributeError):
             return str(status)
 
 
@@ -273,6 +278,7 @@ class NodeSession:
         self._full = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, str], None]] = []
+        self._failure_listeners: list[Callable[[str, str], None]] = []
 
     @property
     def region(self) -> str:
@@ -296,7 +302,8 @@ class NodeSession:
     def _make(self, service: str):
         suffix = "amazonaws.com.cn" if self._region.startswith("cn-") else "amazonaws.com"
         endpoint = self.endpoint_url or f"https://{service}.{self._region}.{suffix}"
-        args = (endpoint, self._region, self._credentials, self.ca_bundle, self._notify)
+        args = (endpoint, self._region, self._credentials, self.ca_bundle, self._notify,
+                self._attempt_failed)
         if service == "s3":
             return S3Client(*args, path_style=bool(self.endpoint_url), dns_suffix=suffix)
         return DynamoDBClient(*args)
@@ -319,6 +326,15 @@ class NodeSession:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def on_failed_attempt(self, listener: Callable[[str, str], None]) -> None:
+        """Call listener(service, error code) for each HTTP attempt of DynamoDB or S3 that
+        failed (retried or not): what the benchmarks count."""
+        self._failure_listeners.append(listener)
+
     def _notify(self, service: str, operation: str) -> None:
         for listener in list(self._listeners):
             listener(service, operation)
+
+    def _attempt_failed(self, service: str, code: str) -> None:
+        for listener in list(self._failure_listeners):
+            listener(service, code)
