@@ -42,6 +42,7 @@ THROTTLING = frozenset((
     "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
     "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
     "RequestTimeout", "RequestTimeoutException"))
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 DDB_TARGET = "DynamoDB_20120810."
 SERVED = ("dynamodb", "s3")
 
@@ -162,6 +163,7 @@ class _Client:
                           payload_hash, creds, self.region, self.service,
                           time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
             signed["User-Agent"] = f"ec2mpi-agent/{__version__}"
+            reused = getattr(self._local, "conn", None) is not None
             try:
                 conn = self._connection(hostname)
                 conn.request(method, self.base_path + path, body=body or None, headers=signed)
@@ -177,6 +179,8 @@ class _Client:
                     raise EndpointConnectionError(
                         endpoint_url=f"{self.scheme}://{self._host(hostname)}",
                         error=err) from err
+                if reused and isinstance(err, STALE):
+                    continue    # the server closed a kept-alive connection: try a new one now
             else:
                 code = self._code(resp.status, data)
                 if code:

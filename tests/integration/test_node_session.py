@@ -108,7 +108,7 @@ def test_the_key_bundle_comes_through_the_node_session(aws, node_aws, cluster_na
 class _Scripted(ThreadingHTTPServer):
     """Answers each request with the next (status, body) of a script, and keeps what came."""
 
-    def __init__(self, script):
+    def __init__(self, script, hang_up=False):
         self.script, self.seen = list(script), []
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,6 +122,7 @@ class _Scripted(ThreadingHTTPServer):
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+                self.close_connection = hang_up    # without saying so (an idle timeout)
 
             def log_message(self, *args):
                 pass
@@ -156,6 +157,22 @@ def test_server_errors_and_throttling_are_retried_and_other_errors_are_not():
         assert len(server.seen) == 4
         assert error_code(err.value) == "ConditionalCheckFailedException"
         assert err.value.response["Error"]["Message"] == "ConditionalCheckFailedException here"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced():
+    server = _Scripted([(200, b'{"Item": {"n": {"N": "1"}}}'), (200, b'{"Item": {}}')],
+                       hang_up=True)
+    try:
+        session = NodeSession("us-east-1", server.endpoint)
+        failed = []
+        session.on_failed_attempt(lambda service, code: failed.append(code))
+        ddb = session.client("dynamodb")
+        assert ddb.get_item(TableName="t", Key={}) == {"Item": {"n": {"N": "1"}}}
+        assert ddb.get_item(TableName="t", Key={}) == {"Item": {}}
+        assert len(server.seen) == 2 and len(failed) <= 1
     finally:
         server.shutdown()
         server.server_close()
