@@ -294,7 +294,11 @@ def _servers():
 
     class PlainServer(ThreadedWSGIServer):
         """TCP_NODELAY on every connection: werkzeug writes status, headers and body
-        separately, and with Nagle + delayed ACKs a request took ~25 ms instead of ~10 ms."""
+        separately, and with Nagle + delayed ACKs a request took ~25 ms instead of ~10 ms.
+        A listen backlog for a thousand nodes connecting at once (each agent keeps its own
+        connection): with werkzeug's 128, connects overflowed it, waited for the kernel's SYN
+        retransmits (1, 3, 7 s) and ran out of the client's 10 s connect timeout."""
+        request_queue_size = 1024
 
         def __init__(self, host: str, app):
             super().__init__(host, 0, app, handler=KeepAliveHandler)
