@@ -40,7 +40,7 @@ class JobCredentials:
     """Assume the job role (cached until REFRESH_BEFORE its expiry) and serve it."""
 
     def __init__(self, session, role_arn: str, session_name: str, run_dir: Path, gid: int):
-        self.sts = session.client("sts")
+        self.session = session     # STS (boto3) only when a job first asks: not while booting
         self.role_arn, self.session_name = role_arn, session_name[:64]
         self.token_path = Path(run_dir) / TOKEN_NAME
         self.gid = gid
@@ -53,7 +53,7 @@ class JobCredentials:
             now = dt.datetime.now(dt.timezone.utc)
             if self._cached is None or (self._cached["Expiration"] - now).total_seconds() \
                     < REFRESH_BEFORE:
-                self._cached = self.sts.assume_role(
+                self._cached = self.session.client("sts").assume_role(
                     RoleArn=self.role_arn, RoleSessionName=self.session_name,
                     DurationSeconds=3600)["Credentials"]
             creds = self._cached
