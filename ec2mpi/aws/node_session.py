@@ -110,7 +110,7 @@ class _Client:
     retries. Subclasses speak the service's protocol."""
     service = ""
 
-    def __init__(self, endpoint: str, region: str, credentials: Callable, ca_bundle: str | None,
+    def __init__(self, endpoint: str, region: str, credentials: Callable, tls: Callable,
                  notify: Callable[[str, str], None], failed: Callable[[str, str], None]):
         parts = urlsplit(endpoint)
         self.scheme, self.hostname = parts.scheme, parts.hostname or ""
@@ -118,8 +118,7 @@ class _Client:
         self.base_path = parts.path.rstrip("/")
         self.region, self._credentials, self._notify = region, credentials, notify
         self._failed = failed
-        self._ssl = ssl.create_default_context(cafile=ca_bundle) if self.scheme == "https" \
-            else None
+        self._ssl = tls() if self.scheme == "https" else None
         self._local = threading.local()
 
     def _host(self, hostname: str) -> str:
@@ -280,6 +279,7 @@ class NodeSession:
             self._credentials = (lambda: fixed) if fixed else RoleCredentials(imds)
         self._clients: dict = {}
         self._full = None
+        self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, str], None]] = []
         self._failure_listeners: list[Callable[[str, str], None]] = []
@@ -306,11 +306,17 @@ class NodeSession:
     def _make(self, service: str):
         suffix = "amazonaws.com.cn" if self._region.startswith("cn-") else "amazonaws.com"
         endpoint = self.endpoint_url or f"https://{service}.{self._region}.{suffix}"
-        args = (endpoint, self._region, self._credentials, self.ca_bundle, self._notify,
+        args = (endpoint, self._region, self._credentials, self._tls, self._notify,
                 self._attempt_failed)
         if service == "s3":
             return S3Client(*args, path_style=bool(self.endpoint_url), dns_suffix=suffix)
         return DynamoDBClient(*args)
+
+    def _tls(self) -> ssl.SSLContext:
+        """One TLS context for both clients: loading the system's CA bundle costs ~50 ms."""
+        if self._tls_context is None:
+            self._tls_context = ssl.create_default_context(cafile=self.ca_bundle)
+        return self._tls_context
 
     def full_session(self):
         """A boto3-backed AwsSession with the same region, endpoint and credentials."""
