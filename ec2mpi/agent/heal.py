@@ -14,9 +14,10 @@ refuse it there, for the client's next launch.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from ..aws.instances import LaunchRequest
 from ..aws.registry import avoid_pools, avoided
@@ -29,10 +30,17 @@ GOING = ("draining", "lost")
 
 @dataclass
 class HealSettings:
+    """In seconds; EC2MPI_WATCH_HEAL_<NAME> overrides (tests): healing is a watcher duty."""
     cooldown: float = 30.0        # s after a launch before healing counts again
     backoff: float = 30.0         # s after a failed launch, doubling, at most max_backoff
     max_backoff: float = 600.0
     avoid_for: float = 600.0      # s a failed or interrupted (type, AZ) pool is avoided
+
+    @classmethod
+    def from_env(cls) -> HealSettings:
+        values = {f.name: float(os.environ[f"EC2MPI_WATCH_HEAL_{f.name.upper()}"])
+                  for f in fields(cls) if os.environ.get(f"EC2MPI_WATCH_HEAL_{f.name.upper()}")}
+        return replace(cls(), **values)
 
 
 class Healer:
@@ -41,7 +49,7 @@ class Healer:
 
     def __init__(self, source, instances, settings: HealSettings | None = None):
         self.source, self.instances = source, instances
-        self.settings = settings or HealSettings()
+        self.settings = settings or HealSettings.from_env()
         self.avoid: dict = {}         # (instance type, AZ) -> until (time.time())
         self.recent: dict = {}        # instance id launched by healing -> when
         self.next_try = 0.0
