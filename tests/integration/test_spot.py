@@ -6,6 +6,7 @@ figures are bench/recovery.py's.
 Needs root and namespaces (CI is root); elsewhere it skips and says why.
 """
 import json
+import re
 import signal
 import subprocess
 import time
@@ -82,18 +83,34 @@ def test_a_killed_worker_leaves_the_hostfile_and_the_cluster_keeps_its_size(spot
     wait_for(lambda: len(hostfile_hosts(spot)) == 4, 30, what="the replacement in the hostfile")
 
 
+def job_info(cluster, job_id):
+    return next(j for j in cli_json("jobs", "-c", cluster)["jobs"] if j["id"] == job_id)
+
+
+def checkpointing_job(cluster):
+    """A job with --restarts 1 doing 12 s of work, checkpointing every second; returned once
+    its first checkpoint is on shared storage: a fault from then on hits it mid-run (a notice
+    takes a few seconds to reach its supervisor), and a restart has a checkpoint to resume."""
+    job = cli_json("run", "-c", cluster, "--restarts", "1", "--detach", "--", "python",
+                   "/shared/checkpoint_restart.py", "--seconds", "12", "--checkpoint-every", "1")
+    wait_for(lambda: job_info(cluster, job["id"])["state"] == "running", 60, what="the job to run")
+    wait_for(lambda: on_node(cluster, "master", f"test -s /shared/checkpoints/{job['id']}.json",
+                             check=False).returncode == 0, 60, what="the job's first checkpoint")
+    return job
+
+
+def resumed_from_a_checkpoint(output):
+    """The restart began at the step a checkpoint recorded, not from the start."""
+    return re.search(r"restart 1, \d+ ranks, from step [1-9]\d* of", output) is not None
+
+
 def run_interrupted(cluster, fault):
     """A checkpointing job with --restarts 1, one of its workers hit by `fault` mid-run."""
-    job = cli_json("run", "-c", cluster, "--restarts", "1", "--detach", "--",
-                   "python", "/shared/checkpoint_restart.py", "--seconds", "20")
-    wait_for(lambda: next(j for j in cli_json("jobs", "-c", cluster)["jobs"]
-                          if j["id"] == job["id"])["state"] == "running", 60, what="the job to run")
-    time.sleep(5)
-    victim = ready_workers(cluster)[0]
+    victim = ready_workers(cluster)[0]   # a node of the job: it runs on every ready node
+    job = checkpointing_job(cluster)
     cli("local", fault, victim["instance_id"])
     res = cli("attach", "-c", cluster, job["id"], check=False, timeout=300)
-    info = next(j for j in cli_json("jobs", "-c", cluster)["jobs"] if j["id"] == job["id"])
-    return res, info
+    return res, job_info(cluster, job["id"])
 
 
 @pytest.mark.parametrize("fault", ["kill", "interrupt"])
@@ -102,6 +119,7 @@ def test_a_job_with_restarts_survives_losing_a_node(spot, fault):
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().splitlines()[-1] == "checkpoint_restart: OK"
     assert "restart 1" in res.stdout and info["state"] == "done" and info["restarts"] == 1
+    assert resumed_from_a_checkpoint(res.stdout), res.stdout
     if fault == "interrupt":        # the notice came first: it checkpointed on the signal
         assert "checkpointed at step" in res.stdout and "on request" in res.stdout
     wait_for(lambda: sum(n["state"] == "ready" for n in live(spot)) == 4, 120,
@@ -153,12 +171,8 @@ def test_a_job_outlives_the_client_that_started_it(spot):
 
 
 def test_a_lost_master_is_said_plainly_and_create_again_replaces_it_jobs_resume(spot):
-    job = cli_json("run", "-c", spot, "--restarts", "1", "--detach", "--", "python",
-                   "/shared/checkpoint_restart.py", "--seconds", "20")
-    wait_for(lambda: next(j for j in cli_json("jobs", "-c", spot)["jobs"]
-                          if j["id"] == job["id"])["state"] == "running", 60, what="the job to run")
-    time.sleep(4)
     master = next(n for n in nodes_of(spot) if n["role"] == "master")
+    job = checkpointing_job(spot)
     cli("local", "kill", master["instance_id"])
     wait_for(lambda: next(n for n in nodes_of(spot) if n["instance_id"] == master["instance_id"]
                           )["state"] == "lost", 90, what="status to say the master is lost")
@@ -168,10 +182,11 @@ def test_a_lost_master_is_said_plainly_and_create_again_replaces_it_jobs_resume(
     again = cli("create", spot, "--nodes", "4", "--storage", "efs", "--yes", *WAIT, timeout=180)
     assert "its lost master was replaced by" in again.stdout
     res = cli("attach", "-c", spot, job["id"], check=False, timeout=300)
-    info = next(j for j in cli_json("jobs", "-c", spot)["jobs"] if j["id"] == job["id"])
+    info = job_info(spot, job["id"])
     assert res.returncode == 0 and res.stdout.strip().endswith("checkpoint_restart: OK"), (
         res.stdout, info, nodes_of(spot))
     assert info["restarts"] == 1 and "master" in json.dumps(info)
+    assert resumed_from_a_checkpoint(res.stdout), res.stdout
 
 
 def test_destroy_stops_healing_first_and_nothing_is_relaunched(spot):
