@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+KEY_BUCKET = "ec2mpi-123456789012-us-east-1"   # the dummy account's key bucket
+
 _SAFE_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_ACCESS_KEY_ID": "testing",
@@ -129,6 +131,25 @@ def aws(controlplane):
     return AwsSession(
         region="us-east-1", endpoint_url=controlplane.endpoint, ca_bundle=controlplane.ca_path
     )
+
+
+@pytest.fixture
+def stored_keys(aws):
+    """store(name, owner=None): a fresh cluster keypair in the account's key bucket (made if
+    missing), as `create` leaves it before launch; returns the keys."""
+    from ec2mpi.aws.keystore import KeyStore
+    from ec2mpi.keys import ClusterKeys
+
+    def store(name, owner=None):
+        s3 = aws.client("s3")
+        try:
+            s3.create_bucket(Bucket=KEY_BUCKET)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        keys = ClusterKeys.generate(name)
+        KeyStore(aws, bucket=KEY_BUCKET, owner=owner).put_keys(name, keys)
+        return keys
+    return store
 
 
 @pytest.fixture

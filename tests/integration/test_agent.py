@@ -27,9 +27,7 @@ from ec2mpi.agent.boot import (
 )
 from ec2mpi.agent.imds import Imds, ImdsError
 from ec2mpi.agent.watch import BOOT_TAIL, Watcher, WatchSettings
-from ec2mpi.aws.keystore import KeyStore
 from ec2mpi.aws.registry import Node, Registry, node_pk
-from ec2mpi.keys import ClusterKeys
 from ec2mpi.localcloud.imds import ImdsServer, InstanceView
 
 BUCKET = "ec2mpi-123456789012-us-east-1"
@@ -78,20 +76,13 @@ MASTER, WORKER = "i-0000000000000a01", "i-0000000000000b01"
 
 
 @pytest.fixture
-def cluster(aws, cluster_name):
+def cluster(aws, cluster_name, stored_keys):
     """A registry cluster item with keys in the bucket (what `create` leaves before launch)."""
     reg = Registry(aws)
     reg.ensure_table()
     reg.create_cluster(cluster_name, "{}")
     reg.update_cluster(cluster_name, roles=ROLES)
-    s3 = aws.client("s3")
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    keys = ClusterKeys.generate(cluster_name)
-    KeyStore(aws, bucket=BUCKET, owner="123456789012").put_keys(cluster_name, keys)
-    return reg, keys
+    return reg, stored_keys(cluster_name, owner="123456789012")
 
 
 def params_for(name, user, shared="/shared", storage="none", role="worker"):

@@ -20,7 +20,6 @@ from ec2mpi.aws.node_session import NodeSession, RoleCredentials
 from ec2mpi.aws.registry import ClusterExists, Node, Registry, node_pk
 from ec2mpi.aws.session import CallCounter, error_code
 from ec2mpi.aws.sigv4 import EMPTY_SHA256, Credentials, sign
-from ec2mpi.keys import ClusterKeys
 
 ROLES = {"master": "AROAMASTER0000000001", "worker": "AROAWORKER0000000001"}
 BUCKET = "ec2mpi-123456789012-us-east-1"
@@ -90,14 +89,9 @@ def test_the_registry_works_through_the_node_session(aws, node_aws, cluster_name
     assert counter.calls["dynamodb:PutItem"] == 2 and counter.calls["dynamodb:Query"] == 1
 
 
-def test_the_key_bundle_comes_through_the_node_session(aws, node_aws, cluster_name):
-    s3 = aws.client("s3")
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    keys = ClusterKeys.generate(cluster_name)
-    KeyStore(aws, bucket=BUCKET, owner="123456789012").put_keys(cluster_name, keys)
+def test_the_key_bundle_comes_through_the_node_session(aws, node_aws, cluster_name,
+                                                       stored_keys):
+    keys = stored_keys(cluster_name, owner="123456789012")
     store = KeyStore(node_aws, bucket=BUCKET, owner="123456789012")
     assert store.get_keys(cluster_name).objects() == keys.objects()
     assert store.get_optional(cluster_name, "no such object") is None

@@ -21,9 +21,7 @@ from ec2mpi.agent.boot import (
     s3fs_mount_command,
     with_env_block,
 )
-from ec2mpi.aws.keystore import KeyStore
 from ec2mpi.aws.registry import Node, Registry
-from ec2mpi.keys import ClusterKeys
 from ec2mpi.localcloud.imds import ImdsServer
 
 BUCKET = "ec2mpi-123456789012-us-east-1"
@@ -68,19 +66,12 @@ def banner():
 
 
 @pytest.fixture
-def cluster(aws, cluster_name):
+def cluster(aws, cluster_name, stored_keys):
     """A registry cluster item with keys in the bucket (what `create` leaves before launch)."""
     reg = Registry(aws)
     reg.ensure_table()
     reg.create_cluster(cluster_name, "{}")
-    s3 = aws.client("s3")
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    keys = ClusterKeys.generate(cluster_name)
-    KeyStore(aws, bucket=BUCKET).put_keys(cluster_name, keys)
-    return reg, keys
+    return reg, stored_keys(cluster_name)
 
 
 def params_for(name, user, shared="/shared", storage="none"):
