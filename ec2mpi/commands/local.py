@@ -17,6 +17,9 @@ def cmd_local(ctx, a) -> Result:
             f"local {a.action} needs an instance id",
             f"e.g. ec2mpi local {a.action} i-0123456789abcdef0",
         )
+    if a.action == "interrupt" and not 0 <= a.grace <= 3600:
+        raise UserError(f"--grace {a.grace:g}: the notice's grace must be 0 to 3600 seconds",
+                        "AWS gives 120 s; the local cloud's default is 20")
     if a.action == "up":
         bar = ctx.progress("local cloud")
         try:
@@ -46,10 +49,10 @@ def cmd_local(ctx, a) -> Result:
         )
         return Result({"up": True, **st}, text)
     if a.action == "interrupt":
-        control.interrupt(a.instance_id)
-        return Result(
-            {"interrupted": a.instance_id}, f"spot interruption notice sent to {a.instance_id}"
-        )
+        control.interrupt(a.instance_id, grace=a.grace)
+        return Result({"interrupted": a.instance_id, "grace": a.grace},
+                      f"spot interruption notice sent to {a.instance_id}; terminated in "
+                      f"{a.grace:g} s")
     if a.action == "slow":
         off = bool(getattr(a, "off", False))
         control.slow(a.instance_id, off=off)

@@ -257,7 +257,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                 Arg(("--timeout",), "seconds the bake and the image may take each "
                     "(default 1800)", type=float, default=1800.0, metavar="SECONDS"),
             ), epilog=images.EPILOG),     # Ctrl-C ends it (after its cleanup), not a wait
-    Command("local", "the local cloud: up | down | status | interrupt ID | kill ID | "
+    Command("local", "the local cloud: up | down | status | interrupt ID [--grace S] | "
+            "kill ID | "
             "slow ID [--off] | capacity [TYPE[@AZ] COUNT [--spot|--on-demand]]",
             local.cmd_local, (
                 Arg(("action",), "what to do",
@@ -274,6 +275,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                     action="store_const", const="on-demand", dest="lifecycle",
                     group="lifecycle"),
                 Arg(("--off",), "with slow: give the node its full link back", **ON),
+                Arg(("--grace",), "with interrupt: seconds from the notice to the "
+                    "termination (default 20; AWS gives 120)", type=float, default=20.0,
+                    metavar="SECONDS"),
             )),
     Command("help", "list the commands, or explain one", help.cmd_help,
             (Arg(("topic",), "a command name", nargs="?", metavar="COMMAND",

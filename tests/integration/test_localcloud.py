@@ -229,7 +229,7 @@ def test_add_then_remove_nodes_follows_in_the_master_hostfile(demo):
 
 def test_spot_interruption_drains_node_before_it_disappears(demo):
     victim = next(n for n in nodes_of(demo) if n["role"] == "worker" and n["state"] == "ready")
-    cli("local", "interrupt", victim["instance_id"])
+    cli("local", "interrupt", victim["instance_id"], "--grace", "10")
     wait_for(
         lambda: victim["private_ip"] not in hostfile_hosts(demo),
         30,

@@ -155,6 +155,8 @@ def test_example_template_is_a_valid_spec():
     (["list", "--", "x"], "after '--'"),
     (["help", "nosuch"], "no command"),
     (["local", "kill"], "needs an instance id"),
+    (["local", "interrupt", "i-0123456789abcdef0", "--grace", "-1"], "0 to 3600 seconds"),
+    (["local", "interrupt", "i-0123456789abcdef0", "--grace", "soon"], "soon"),
     (["status", "-c", "NO"], "invalid cluster name"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, words):
