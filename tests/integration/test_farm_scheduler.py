@@ -208,11 +208,13 @@ def test_a_lost_node_loses_no_task_and_spends_no_retry(tmp_path, how):
     """`hostfile`: the watcher drops a lost node (members.json: lost); `connection`: its
     connection ends first (the worker dies with the node)."""
     bench = Bench(tmp_path)
-    job = bench.submit(atomic_tasks(60, sleep=0.1))
+    # tasks long enough that h2 is never between two of them when the farm drops it (with
+    # 0.1 s tasks, CI once saw it drop h2 with nothing running, and nothing to requeue)
+    job = bench.submit(atomic_tasks(36, sleep=0.4))
     f = bench.farm(job)
 
     def kill():
-        when(lambda: len(bench.done_counts(job)) >= 15 and "h2" in f.links
+        when(lambda: len(bench.done_counts(job)) >= 10 and "h2" in f.links
              and f.links["h2"].running)
         if how == "connection":
             f.links["h2"].proc.kill()
@@ -226,9 +228,9 @@ def test_a_lost_node_loses_no_task_and_spends_no_retry(tmp_path, how):
     events = bench.journal(job)
     lost = [e for e in events if e["e"] == "lost"]
     assert lost and {e["host"] for e in lost} == {"h2"}
-    assert bench.done_counts(job) == {i: 1 for i in range(1, 61)}
+    assert bench.done_counts(job) == {i: 1 for i in range(1, 37)}
     finals = [p.name for p in (bench.work / "results").iterdir() if "." not in p.name]
-    assert sorted(map(int, finals)) == list(range(1, 61))
+    assert sorted(map(int, finals)) == list(range(1, 37))
     assert not [e for e in events if e["e"] in ("retry", "failed")]
     assert "go back to the queue" in bench.store.output(job).read_text()
     rerun = {e["task"] for e in lost}
