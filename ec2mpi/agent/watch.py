@@ -12,9 +12,10 @@ heartbeat is older than `lost_after` are marked lost, one membership change each
 
 Steady-state cost of the master, whatever the cluster size, with the default settings:
 30 epoch reads + 2 own heartbeats + 4 DescribeInstances + 2 node-list reads = 38 per minute.
-While the last few members of the target size (up to BOOT_TAIL) boot, the epoch is read
-every `busy_poll` (0.5 s) instead: create and add-nodes wait for the hostfile to list them,
-and a 2 s poll added a second to each of them.
+While the last few members of the target size (up to BOOT_TAIL) are to come, the epoch is
+read every `busy_poll` (0.5 s) instead, while one of them boots or for `tail_window` after
+the epoch moved: create and add-nodes wait for the hostfile to list them, and a 2 s poll
+added a second to each of them.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class WatchSettings:
     """Every interval of the watcher, in seconds; EC2MPI_WATCH_<NAME> overrides (tests)."""
     poll: float = 2.0                 # membership: epoch read
     busy_poll: float = 0.5            # the same for the last BOOT_TAIL of the target size
+    tail_window: float = 10.0         # ... also this long after the epoch moved
     notice_every: float = 5.0         # spot notices (IMDS, local: free)
     heartbeat_every: float = 15.0     # a worker's heartbeat
     master_heartbeat_every: float = 30.0
@@ -75,6 +77,7 @@ class Watcher:
         self.autostop = autostop      # agent/autostop.Autostop on the master, or None
         self.epoch: int | None = None
         self.settle = False           # re-read once after a change: the index may lag
+        self.moved_at = float("-inf")   # time.monotonic() when the epoch last moved
         self.members: list[Node] = []
         self.master_state: dict = {}
         self.hostfile_text: str | None = None
@@ -95,6 +98,8 @@ class Watcher:
         if epoch is None or (epoch == self.epoch and not self.settle):
             return False
         self.settle = epoch != self.epoch
+        if self.settle:
+            self.moved_at = time.monotonic()
         self.epoch = epoch
         return self.refresh()
 
@@ -231,15 +236,19 @@ class Watcher:
         return duties + self.keepers
 
     def membership_period(self) -> float:
-        """The membership poll: quicker while the last few members of the target size boot
-        (what create and add-nodes wait for). Not before: every poll that sees the epoch move
-        reads the whole node list, and while many nodes register the epoch always moves (at
-        1000 nodes quick polls kept a 1000-item Query running and the registry queued)."""
+        """The membership poll: quicker while the last few members of the target size are to
+        come (what create and add-nodes wait for), as long as one of them boots or the epoch
+        moved lately (the last ones may not have registered yet: a boot can register and be
+        ready within one 2 s poll). Not before: every poll that sees the epoch move reads the
+        whole node list, and while many nodes register the epoch always moves (at 1000 nodes
+        quick polls kept a 1000-item Query running and the registry queued). Not for good
+        either: a cluster short of its size for lack of capacity is a steady state."""
         s = self.settings
         booting = sum(n.state == "booting" for n in self.members)
         ready = sum(n.state == "ready" for n in self.members)
         target = int(self.master_state.get("target") or 0)
-        tail = 0 < booting <= BOOT_TAIL and target > 0 and ready >= target - BOOT_TAIL
+        lately = time.monotonic() - self.moved_at < s.tail_window
+        tail = 0 < target - ready <= BOOT_TAIL and (booting > 0 or lately)
         return min(s.poll, s.busy_poll) if tail else s.poll
 
     def slow_duties(self) -> list:

@@ -459,8 +459,9 @@ def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
     aws, cluster, cluster_name, tmp_path
 ):
     """create and add-nodes wait for the hostfile to list the new nodes: while the last few
-    of the target size (BOOT_TAIL) boot, the master reads the epoch every busy_poll;
-    otherwise, and while many are still to come, every poll (its steady-state budget)."""
+    of the target size (BOOT_TAIL) boot, or are to come and the epoch moved lately, the
+    master reads the epoch every busy_poll; otherwise, and while many are still to come,
+    every poll (its steady-state budget)."""
     reg, _ = cluster
     reg.put_node(cluster_name, _node(cluster_name, 30, "master"))
     booting = _node(cluster_name, 31, state="booting")
@@ -468,8 +469,8 @@ def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
     reg.update_master(cluster_name, bump=True, target=2 * BOOT_TAIL + 2)   # many to come
     master = next(n for n in reg.nodes(cluster_name) if n.role == "master")
     watcher = Watcher(cluster_name, master, Registry(aws), [tmp_path], deregister=False,
-                      settings=WatchSettings(poll=0.5, busy_poll=0.05, master_heartbeat_every=600,
-                                             notice_every=600))
+                      settings=WatchSettings(poll=0.5, busy_poll=0.05, tail_window=1.5,
+                                             master_heartbeat_every=600, notice_every=600))
     reads: list = []
     unsubscribe = aws.on_call(lambda service, op: reads.append(op) if op == "GetItem" else None)
     hostfile = tmp_path / "hostfile"
@@ -491,7 +492,12 @@ def test_the_master_reads_the_epoch_often_only_while_the_last_members_boot(
         assert reads_in(1.0) >= 8            # the last one: ~20 at 0.05 s
         reg.set_node_state(cluster_name, booting, "ready")
         assert wait_for(lambda: booting.private_ip in hostfile.read_text(), 30)
-        assert reads_in(1.5) <= 6            # none booting: the 0.5 s poll again
+        assert reads_in(1.5) <= 6            # all there: the 0.5 s poll again
+        reg.update_master(cluster_name, bump=True, target=3)   # one more, not registered yet
+        assert wait_for(lambda: watcher.master_state.get("target") == 3, 30)
+        assert reads_in(0.6) >= 6            # the epoch just moved: quick
+        time.sleep(1.5)
+        assert reads_in(1.5) <= 6            # and after tail_window, though one is missing
     finally:
         stop.set()
         thread.join(10)
