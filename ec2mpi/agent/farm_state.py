@@ -10,8 +10,10 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .settings import from_env as settings_from_env
 
 log = logging.getLogger("ec2mpi.agent.farm")
 
@@ -35,12 +37,7 @@ class FarmSettings:
 
     @classmethod
     def from_env(cls) -> FarmSettings:
-        values = {}
-        for f in fields(cls):
-            raw = os.environ.get(f"EC2MPI_JOB_FARM_{f.name.upper()}")
-            if raw:
-                values[f.name] = int(raw) if f.type in ("int", int) else float(raw)
-        return replace(cls(), **values)
+        return settings_from_env(cls, "JOB_FARM")
 
 
 def parse_hostfile(text: str) -> dict:

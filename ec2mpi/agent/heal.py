@@ -14,15 +14,15 @@ refuse it there, for the client's next launch.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from ..aws.instances import LaunchRequest
 from ..aws.registry import avoid_pools, avoided
 from ..config import ClusterSpec
 from ..errors import Ec2mpiError
+from .settings import from_env as settings_from_env
 
 log = logging.getLogger("ec2mpi.agent.heal")
 GOING = ("draining", "lost")
@@ -38,9 +38,7 @@ class HealSettings:
 
     @classmethod
     def from_env(cls) -> HealSettings:
-        values = {f.name: float(os.environ[f"EC2MPI_WATCH_HEAL_{f.name.upper()}"])
-                  for f in fields(cls) if os.environ.get(f"EC2MPI_WATCH_HEAL_{f.name.upper()}")}
-        return replace(cls(), **values)
+        return settings_from_env(cls, "WATCH_HEAL")
 
 
 class Healer:

@@ -25,10 +25,11 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .jobs import ACTIVE, JobStore
+from .settings import from_env as settings_from_env
 
 log = logging.getLogger("ec2mpi.agent.jobs")
 
@@ -43,9 +44,7 @@ class JobSettings:
 
     @classmethod
     def from_env(cls) -> JobSettings:
-        values = {f.name: float(os.environ[f"EC2MPI_JOB_{f.name.upper()}"]) for f in fields(cls)
-                  if os.environ.get(f"EC2MPI_JOB_{f.name.upper()}")}
-        return replace(cls(), **values)
+        return settings_from_env(cls, "JOB")
 
 
 def read_hostfile(path: Path) -> list[tuple[str, int]]:

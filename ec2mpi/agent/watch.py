@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from ..aws.registry import Node, Registry
 from .hostfile import atomic_write, render_openmpi, write_hostfiles
 from .imds import Imds
+from .settings import from_env as settings_from_env
 
 log = logging.getLogger("ec2mpi.agent.watch")
 ACTIVE = ("booting", "ready")   # states that count toward the cluster's size
@@ -53,12 +53,7 @@ class WatchSettings:
 
     @classmethod
     def from_env(cls, **given) -> WatchSettings:
-        values = {}
-        for f in fields(cls):
-            env = os.environ.get(f"EC2MPI_WATCH_{f.name.upper()}")
-            if env:
-                values[f.name] = float(env)
-        return replace(cls(**values), **given)
+        return settings_from_env(cls, "WATCH", **given)
 
 
 class Watcher:
